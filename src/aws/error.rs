@@ -1,0 +1,138 @@
+//! What can go wrong talking to AWS, typed so that callers can branch on it: retry or
+//! not, secret missing or some other failure.
+
+/// A failed AWS call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AwsError {
+    /// The request never got an HTTP answer: connection refused or reset, timeout.
+    #[error("transport error: {0}")]
+    Transport(String),
+    /// AWS answered with an error document.
+    #[error("{code} (HTTP {status}): {message}")]
+    Service {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// The answer could not be understood (truncated, garbage, unexpected shape).
+    #[error("unreadable answer (HTTP {status}): {detail}")]
+    Malformed { status: u16, detail: String },
+    /// The request could not be signed or built; retrying cannot help.
+    #[error("request could not be built: {0}")]
+    Request(String),
+}
+
+/// Error codes AWS documents as throttling, in either protocol.
+const THROTTLING_CODES: [&str; 5] = [
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+    "RequestThrottled",
+];
+
+impl AwsError {
+    /// The retryable classes of the AWS SDKs' standard mode: transport failures, HTTP 5xx
+    /// and 429, and the throttling codes. An unreadable 5xx counts too: it is the shape a
+    /// proxy's or load balancer's failure takes.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            AwsError::Transport(_) => true,
+            AwsError::Service { status, code, .. } => {
+                *status >= 500 || *status == 429 || THROTTLING_CODES.contains(&code.as_str())
+            }
+            AwsError::Malformed { status, .. } => *status >= 500 || *status == 429,
+            AwsError::Request(_) => false,
+        }
+    }
+
+    /// The AWS error code, when AWS sent one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            AwsError::Service { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// Replaces every occurrence of the given secret values, so that an error message
+    /// that echoes part of a request can be logged safely.
+    pub fn redacted(self, secrets: &[&str]) -> Self {
+        let scrub = |text: String| {
+            secrets
+                .iter()
+                .filter(|secret| !secret.is_empty())
+                .fold(text, |text, secret| text.replace(secret, "[REDACTED]"))
+        };
+        match self {
+            AwsError::Transport(text) => AwsError::Transport(scrub(text)),
+            AwsError::Service { status, code, message } => AwsError::Service {
+                status,
+                code: scrub(code),
+                message: scrub(message),
+            },
+            AwsError::Malformed { status, detail } => AwsError::Malformed {
+                status,
+                detail: scrub(detail),
+            },
+            AwsError::Request(text) => AwsError::Request(scrub(text)),
+        }
+    }
+}
+
+/// Cuts text from an answer down to a loggable size without splitting a character.
+pub(crate) fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(status: u16, code: &str) -> AwsError {
+        AwsError::Service {
+            status,
+            code: code.into(),
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn retryable_classes_follow_the_standard_mode() {
+        assert!(AwsError::Transport("reset".into()).is_retryable());
+        assert!(service(500, "InternalFailure").is_retryable());
+        assert!(service(503, "ServiceUnavailable").is_retryable());
+        assert!(service(429, "Anything").is_retryable());
+        for code in THROTTLING_CODES {
+            assert!(service(400, code).is_retryable(), "{code}");
+        }
+        assert!(AwsError::Malformed { status: 502, detail: String::new() }.is_retryable());
+        assert!(!AwsError::Malformed { status: 200, detail: String::new() }.is_retryable());
+        assert!(!service(403, "AccessDenied").is_retryable());
+        assert!(!service(400, "ValidationError").is_retryable());
+        assert!(!service(404, "ResourceNotFoundException").is_retryable());
+        assert!(!AwsError::Request("bad".into()).is_retryable());
+    }
+
+    #[test]
+    fn redaction_scrubs_every_secret() {
+        let error = AwsError::Service {
+            status: 403,
+            code: "SignatureDoesNotMatch".into(),
+            message: "key AKIDX with token TOK and again AKIDX".into(),
+        }
+        .redacted(&["AKIDX", "TOK", ""]);
+        assert_eq!(
+            error.to_string(),
+            "SignatureDoesNotMatch (HTTP 403): key [REDACTED] with token [REDACTED] and again [REDACTED]"
+        );
+    }
+
+    #[test]
+    fn truncation_respects_characters() {
+        assert_eq!(truncate("héllo", 2), "hé…");
+        assert_eq!(truncate("hi", 5), "hi");
+    }
+}

@@ -1,0 +1,158 @@
+//! Secrets Manager over the JSON 1.1 protocol: `PutSecretValue`, and `CreateSecret` when
+//! the secret does not exist yet.
+
+use serde::{Deserialize, Serialize};
+
+use super::error::truncate;
+use super::{AwsError, HttpResponse};
+
+/// The media type of the JSON 1.1 protocol.
+pub const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+/// The error code that means "create it first".
+pub const NOT_FOUND: &str = "ResourceNotFoundException";
+/// The error code of a `CreateSecret` that lost a race with another writer.
+pub const ALREADY_EXISTS: &str = "ResourceExistsException";
+
+/// One Secrets Manager operation, ready to be sent.
+pub struct Operation {
+    /// The `X-Amz-Target` header value.
+    pub target: &'static str,
+    pub body: Vec<u8>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct PutSecretValue<'a> {
+    secret_id: &'a str,
+    secret_string: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct CreateSecret<'a> {
+    name: &'a str,
+    secret_string: &'a str,
+    description: &'a str,
+}
+
+/// A new version of an existing secret.
+pub fn put_secret_value(name: &str, value: &str) -> Operation {
+    Operation {
+        target: "secretsmanager.PutSecretValue",
+        body: to_json(&PutSecretValue {
+            secret_id: name,
+            secret_string: value,
+        }),
+    }
+}
+
+/// A secret that does not exist yet, described so that a person who finds it in the
+/// console knows what writes it.
+pub fn create_secret(name: &str, value: &str, team: &str, account: &str) -> Operation {
+    let description =
+        format!("Temporary AWS credentials for Concourse team {team}, account {account}; rotated by concourse-sts");
+    Operation {
+        target: "secretsmanager.CreateSecret",
+        body: to_json(&CreateSecret {
+            name,
+            secret_string: value,
+            description: &description,
+        }),
+    }
+}
+
+fn to_json(value: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).expect("string fields always serialize")
+}
+
+#[derive(Deserialize)]
+struct JsonError {
+    #[serde(rename = "__type", default)]
+    kind: String,
+    #[serde(alias = "Message", default)]
+    message: String,
+}
+
+/// Checks a write's answer: any 2xx is success, anything else a typed error. The code is
+/// read from `__type` (dropping a `prefix#`), never guessed from the status: moto answers
+/// `ResourceNotFoundException` with 404 where AWS uses 400.
+pub fn check_write(response: &HttpResponse) -> Result<(), AwsError> {
+    if (200..300).contains(&response.status) {
+        return Ok(());
+    }
+    let parsed = serde_json::from_slice::<JsonError>(&response.body)
+        .ok()
+        .filter(|error| !error.kind.is_empty());
+    Err(match parsed {
+        Some(error) => AwsError::Service {
+            status: response.status,
+            code: truncate(error.kind.rsplit('#').next().unwrap_or_default(), 100),
+            message: truncate(&error.message, 500),
+        },
+        None => AwsError::Malformed {
+            status: response.status,
+            detail: format!(
+                "not a Secrets Manager error document: {:?}",
+                truncate(&String::from_utf8_lossy(&response.body), 200)
+            ),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, body: &str) -> HttpResponse {
+        HttpResponse {
+            status,
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn builds_put_and_create_bodies() {
+        let put = put_secret_value("/concourse/t/a-access-key", "v\"1");
+        assert_eq!(put.target, "secretsmanager.PutSecretValue");
+        assert_eq!(
+            String::from_utf8(put.body).unwrap(),
+            r#"{"SecretId":"/concourse/t/a-access-key","SecretString":"v\"1"}"#
+        );
+        let create = create_secret("/concourse/t/a-access-key", "v", "t", "a");
+        assert_eq!(create.target, "secretsmanager.CreateSecret");
+        let body: serde_json::Value = serde_json::from_slice(&create.body).unwrap();
+        assert_eq!(body["Name"], "/concourse/t/a-access-key");
+        assert_eq!(body["SecretString"], "v");
+        assert!(body["Description"].as_str().unwrap().contains("team t, account a"));
+    }
+
+    #[test]
+    fn success_is_any_2xx() {
+        assert_eq!(check_write(&answer(200, "{}")), Ok(()));
+        assert_eq!(check_write(&answer(200, "")), Ok(()));
+    }
+
+    #[test]
+    fn not_found_is_read_from_the_type_whatever_the_status() {
+        for status in [400, 404] {
+            let error = check_write(&answer(
+                status,
+                r#"{"__type":"com.amazonaws.secretsmanager#ResourceNotFoundException","message":"Secrets Manager can't find the specified secret."}"#,
+            ))
+            .unwrap_err();
+            assert_eq!(error.code(), Some(NOT_FOUND));
+        }
+        let error = check_write(&answer(400, r#"{"__type":"ThrottlingException","Message":"Rate exceeded"}"#)).unwrap_err();
+        assert_eq!(error.code(), Some("ThrottlingException"));
+        assert!(error.to_string().contains("Rate exceeded"));
+        assert!(error.is_retryable());
+    }
+
+    #[test]
+    fn unreadable_errors_are_malformed() {
+        for body in ["", "<html>502</html>", "{\"message\":\"no type\"}", "[1]", "{\"__type\":5}"] {
+            let error = check_write(&answer(502, body)).unwrap_err();
+            assert!(matches!(error, AwsError::Malformed { status: 502, .. }), "{body}: {error:?}");
+        }
+    }
+}

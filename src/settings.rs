@@ -1,0 +1,151 @@
+//! The application variables, read once per tick and checked before any AWS call, so a
+//! misconfiguration is one clear error naming the variable.
+
+use anyhow::{bail, Context};
+
+use crate::aws::client::EndpointOverrides;
+use crate::aws::{Endpoints, RotatorCredentials};
+use crate::template::SecretPathTemplate;
+
+/// Reads one application variable; `None` (or an empty string) means unset.
+pub trait Variables {
+    fn get(&self, name: &str) -> anyhow::Result<Option<String>>;
+}
+
+/// The region used when `aws_region` is not set.
+pub const DEFAULT_REGION: &str = "us-east-1";
+/// How many accounts are rotated at once when `max_concurrency` is not set.
+pub const DEFAULT_MAX_CONCURRENCY: usize = 32;
+const MAX_CONCURRENCY_LIMIT: usize = 256;
+
+/// Everything a tick needs to know, validated.
+#[derive(Debug)]
+pub struct Settings {
+    pub credentials: RotatorCredentials,
+    pub region: String,
+    pub endpoints: Endpoints,
+    pub template: SecretPathTemplate,
+    pub max_concurrency: usize,
+}
+
+impl Settings {
+    pub fn from_variables(variables: &impl Variables) -> anyhow::Result<Self> {
+        let get = |name: &str| -> anyhow::Result<Option<String>> {
+            let value = variables
+                .get(name)
+                .with_context(|| format!("reading variable {name}"))?;
+            Ok(value.filter(|v| !v.trim().is_empty()))
+        };
+        let required = |name: &str| -> anyhow::Result<String> {
+            get(name)?.with_context(|| format!("variable {name} is required but not set"))
+        };
+        let credentials = RotatorCredentials {
+            access_key_id: required("aws_access_key_id")?.trim().to_owned().into(),
+            secret_access_key: required("aws_secret_access_key")?.trim().to_owned().into(),
+            session_token: get("aws_session_token")?.map(|t| t.trim().to_owned().into()),
+        };
+        let region = get("aws_region")?.unwrap_or_else(|| DEFAULT_REGION.to_owned());
+        let (aws, sts, secrets_manager) = (
+            get("aws_endpoint_url")?,
+            get("sts_endpoint_url")?,
+            get("secretsmanager_endpoint_url")?,
+        );
+        let overrides = EndpointOverrides {
+            aws: aws.as_deref(),
+            sts: sts.as_deref(),
+            secrets_manager: secrets_manager.as_deref(),
+        };
+        let endpoints = Endpoints::resolve(region.trim(), &overrides).map_err(anyhow::Error::msg)?;
+        let template = match get("secret_path_template")? {
+            Some(text) => text.parse()?,
+            None => SecretPathTemplate::default(),
+        };
+        let max_concurrency = match get("max_concurrency")? {
+            None => DEFAULT_MAX_CONCURRENCY,
+            Some(text) => match text.trim().parse::<usize>() {
+                Ok(n) if (1..=MAX_CONCURRENCY_LIMIT).contains(&n) => n,
+                _ => bail!("variable max_concurrency must be a whole number from 1 to {MAX_CONCURRENCY_LIMIT}, got {text:?}"),
+            },
+        };
+        Ok(Self {
+            credentials,
+            region: region.trim().to_owned(),
+            endpoints,
+            template,
+            max_concurrency,
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// Variables from a list of pairs, as a test's fake of Spin's variables.
+    pub struct FakeVariables(pub HashMap<String, String>);
+
+    impl FakeVariables {
+        pub fn new(pairs: &[(&str, &str)]) -> Self {
+            Self(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        }
+    }
+
+    impl Variables for FakeVariables {
+        fn get(&self, name: &str) -> anyhow::Result<Option<String>> {
+            Ok(self.0.get(name).cloned())
+        }
+    }
+
+    const KEYS: [(&str, &str); 2] = [("aws_access_key_id", "AKID"), ("aws_secret_access_key", "SECRET")];
+
+    fn with(extra: &[(&str, &str)]) -> anyhow::Result<Settings> {
+        let mut pairs = KEYS.to_vec();
+        pairs.extend_from_slice(extra);
+        Settings::from_variables(&FakeVariables::new(&pairs))
+    }
+
+    #[test]
+    fn defaults() {
+        let settings = with(&[("aws_session_token", "")]).unwrap();
+        assert_eq!(settings.region, "us-east-1");
+        assert_eq!(settings.endpoints.sts, "https://sts.us-east-1.amazonaws.com");
+        assert_eq!(settings.template, SecretPathTemplate::default());
+        assert_eq!(settings.max_concurrency, 32);
+        assert!(settings.credentials.session_token.is_none());
+    }
+
+    #[test]
+    fn overrides() {
+        let settings = with(&[
+            ("aws_region", "eu-central-1"),
+            ("aws_endpoint_url", "http://127.0.0.1:5000"),
+            ("aws_session_token", "TOKEN"),
+            ("secret_path_template", "/ci/{{.Team}}/{{.Account}}"),
+            ("max_concurrency", "4"),
+        ])
+        .unwrap();
+        assert_eq!(settings.region, "eu-central-1");
+        assert_eq!(settings.endpoints.secrets_manager, "http://127.0.0.1:5000");
+        assert!(settings.credentials.session_token.is_some());
+        assert_eq!(settings.template.render("t", "a").unwrap().as_str(), "/ci/t/a");
+        assert_eq!(settings.max_concurrency, 4);
+    }
+
+    #[test]
+    fn errors_name_the_variable_and_never_a_secret() {
+        let missing = Settings::from_variables(&FakeVariables::new(&[("aws_access_key_id", "AKID")]))
+            .unwrap_err();
+        assert_eq!(missing.to_string(), "variable aws_secret_access_key is required but not set");
+        for (pair, expected) in [
+            (("secret_path_template", "/c/{{.Team}}/{{.Nope}}"), "secret_path_template"),
+            (("max_concurrency", "0"), "max_concurrency"),
+            (("aws_region", "Mars"), "aws_region"),
+            (("sts_endpoint_url", "nope"), "sts_endpoint_url"),
+        ] {
+            let error = format!("{:#}", with(&[pair]).unwrap_err());
+            assert!(error.contains(expected), "{error}");
+            assert!(!error.contains("SECRET"), "{error}");
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! A small wasmtime host that runs the concourse-sts component the way Spin's cron
+//! trigger does: WASI 0.2, outgoing `wasi:http`, Spin's key-value store and variables,
+//! and a call to `handle-cron-event` per tick. The integration tests, `scripts/demo` and
+//! `scripts/bench` all run the real `.wasm` through it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use wasmtime::component::{Component, Linker, Resource, ResourceTable};
+use wasmtime::{Config, Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+wasmtime::component::bindgen!({
+    path: "wit",
+    world: "cron-host",
+    exports: { default: async },
+    with: { "fermyon:spin/key-value.store": KeyValueHandle },
+});
+
+use fermyon::spin::{key_value, variables};
+use fermyon::spin_cron::cron_types::Error as CronError;
+
+/// The key-value store, shared by every tick of one host the way Spin shares its default
+/// store between invocations.
+pub type KeyValue = Arc<Mutex<BTreeMap<String, Vec<u8>>>>;
+
+/// The guest's handle to an open store; only `default` exists.
+pub struct KeyValueHandle;
+
+/// Per-tick state, like one Spin invocation's.
+struct TickState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    key_value: KeyValue,
+    variables: Arc<HashMap<String, String>>,
+}
+
+impl WasiView for TickState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for TickState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: Default::default(),
+        }
+    }
+}
+
+impl variables::Host for TickState {
+    fn get(&mut self, name: String) -> Result<String, variables::Error> {
+        let valid = !name.is_empty()
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid {
+            return Err(variables::Error::InvalidName(name));
+        }
+        self.variables
+            .get(&name)
+            .cloned()
+            .ok_or(variables::Error::Undefined(name))
+    }
+}
+
+impl key_value::Host for TickState {}
+
+impl key_value::HostStore for TickState {
+    fn open(&mut self, label: String) -> Result<Resource<KeyValueHandle>, key_value::Error> {
+        if label != "default" {
+            return Err(key_value::Error::NoSuchStore);
+        }
+        self.table
+            .push(KeyValueHandle)
+            .map_err(|e| key_value::Error::Other(e.to_string()))
+    }
+
+    fn get(
+        &mut self,
+        _: Resource<KeyValueHandle>,
+        key: String,
+    ) -> Result<Option<Vec<u8>>, key_value::Error> {
+        Ok(self.entries().get(&key).cloned())
+    }
+
+    fn set(
+        &mut self,
+        _: Resource<KeyValueHandle>,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<(), key_value::Error> {
+        self.entries().insert(key, value);
+        Ok(())
+    }
+
+    fn delete(&mut self, _: Resource<KeyValueHandle>, key: String) -> Result<(), key_value::Error> {
+        self.entries().remove(&key);
+        Ok(())
+    }
+
+    fn exists(&mut self, _: Resource<KeyValueHandle>, key: String) -> Result<bool, key_value::Error> {
+        Ok(self.entries().contains_key(&key))
+    }
+
+    fn get_keys(&mut self, _: Resource<KeyValueHandle>) -> Result<Vec<String>, key_value::Error> {
+        Ok(self.entries().keys().cloned().collect())
+    }
+
+    fn drop(&mut self, handle: Resource<KeyValueHandle>) -> wasmtime::Result<()> {
+        self.table.delete(handle)?;
+        Ok(())
+    }
+}
+
+impl TickState {
+    fn entries(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<u8>>> {
+        self.key_value.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A compiled component, ready to run ticks.
+pub struct Host {
+    engine: Engine,
+    pre: CronHostPre<TickState>,
+    key_value: KeyValue,
+    variables: Arc<HashMap<String, String>>,
+}
+
+impl Host {
+    /// Compiles the component once; every tick instantiates it afresh, as Spin does.
+    pub fn new(wasm: &Path, key_value: KeyValue, variables: HashMap<String, String>) -> anyhow::Result<Self> {
+        let config = Config::new();
+        let engine = Engine::new(&config)?;
+        let component = Component::from_file(&engine, wasm)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("loading component {}", wasm.display()))?;
+        let mut linker = Linker::<TickState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        key_value::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+        variables::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+        let pre = CronHostPre::new(linker.instantiate_pre(&component)?)?;
+        Ok(Self {
+            engine,
+            pre,
+            key_value,
+            variables: Arc::new(variables),
+        })
+    }
+
+    pub fn key_value(&self) -> &KeyValue {
+        &self.key_value
+    }
+
+    /// Runs one tick. The outer error is a trap or host failure; the inner one is what
+    /// the component's export returned.
+    pub async fn tick(&self, timestamp: u64) -> anyhow::Result<Result<(), String>> {
+        let state = TickState {
+            wasi: WasiCtx::builder().inherit_stdout().inherit_stderr().build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            key_value: self.key_value.clone(),
+            variables: self.variables.clone(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        let instance = self.pre.instantiate_async(&mut store).await?;
+        let result = instance
+            .call_handle_cron_event(&mut store, Metadata { timestamp })
+            .await?;
+        Ok(result.map_err(|CronError::Other(message)| message))
+    }
+}
