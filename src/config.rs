@@ -64,7 +64,12 @@ impl InvalidTeam {
 
 impl fmt::Display for InvalidTeam {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "team {:?} (key {:?}) is invalid: ", self.team(), self.key)?;
+        write!(
+            f,
+            "team {:?} (key {:?}) is invalid: ",
+            self.team(),
+            self.key
+        )?;
         for (i, problem) in self.problems.iter().enumerate() {
             let separator = if i == 0 { "" } else { "; " };
             write!(f, "{separator}{}: {}", problem.field, problem.reason)?;
@@ -105,7 +110,10 @@ fn parse_document(key: &str, bytes: &[u8], problems: &mut Problems) -> Option<Te
     if bytes.len() > MAX_DOCUMENT_BYTES {
         problems.add(
             "(document)",
-            format!("is {} bytes, more than the {MAX_DOCUMENT_BYTES} allowed", bytes.len()),
+            format!(
+                "is {} bytes, more than the {MAX_DOCUMENT_BYTES} allowed",
+                bytes.len()
+            ),
         );
         return None;
     }
@@ -135,7 +143,10 @@ fn reject_unknown_fields(
     known: &[&str],
     problems: &mut Problems,
 ) {
-    for field in object.keys().filter(|field| !known.contains(&field.as_str())) {
+    for field in object
+        .keys()
+        .filter(|field| !known.contains(&field.as_str()))
+    {
         problems.add(
             format!("{prefix}{field}"),
             format!("unknown field (known: {})", known.join(", ")),
@@ -197,7 +208,10 @@ fn accounts(object: &Map<String, Value>, problems: &mut Problems) -> Option<Vec<
     if list.len() > MAX_ACCOUNTS_PER_TEAM {
         problems.add(
             "accounts",
-            format!("lists {} accounts, more than the {MAX_ACCOUNTS_PER_TEAM} allowed", list.len()),
+            format!(
+                "lists {} accounts, more than the {MAX_ACCOUNTS_PER_TEAM} allowed",
+                list.len()
+            ),
         );
         return None;
     }
@@ -212,7 +226,10 @@ fn accounts(object: &Map<String, Value>, problems: &mut Problems) -> Option<Vec<
         if !seen.insert(account.name.as_str()) {
             problems.add(
                 format!("accounts[{i}].name"),
-                format!("{:?} is listed twice; account names must be unique within a team", account.name),
+                format!(
+                    "{:?} is listed twice; account names must be unique within a team",
+                    account.name
+                ),
             );
         }
     }
@@ -243,7 +260,11 @@ fn account(path: &str, value: &Value, problems: &mut Problems) -> Option<Account
     })
 }
 
-fn account_name(object: &Map<String, Value>, prefix: &str, problems: &mut Problems) -> Option<String> {
+fn account_name(
+    object: &Map<String, Value>,
+    prefix: &str,
+    problems: &mut Problems,
+) -> Option<String> {
     let field = format!("{prefix}name");
     let name = required_string(object, "name", &field, problems)?;
     if let Some(reason) = name_problem(name, 1) {
@@ -276,9 +297,9 @@ fn role_arn_problem(arn: &str) -> Option<String> {
         && region.is_empty()
         && account.len() == 12
         && account.bytes().all(|b| b.is_ascii_digit())
-        && resource
-            .strip_prefix("role/")
-            .is_some_and(|name| !name.is_empty() && name.len() <= 512 && name.chars().all(is_role_name_char));
+        && resource.strip_prefix("role/").is_some_and(|name| {
+            !name.is_empty() && name.len() <= 512 && name.chars().all(is_role_name_char)
+        });
     (!valid).then(|| expected.to_owned())
 }
 
@@ -343,7 +364,10 @@ mod tests {
     }
 
     fn fields(key: &str, document: &str) -> Vec<String> {
-        problems(key, document).into_iter().map(|p| p.field).collect()
+        problems(key, document)
+            .into_iter()
+            .map(|p| p.field)
+            .collect()
     }
 
     #[test]
@@ -374,7 +398,10 @@ mod tests {
         let found = problems("team/t1", "{\"name\": \"t1\", ");
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].field, "(document)");
-        assert!(found[0].reason.starts_with("is not valid JSON"), "{found:?}");
+        assert!(
+            found[0].reason.starts_with("is not valid JSON"),
+            "{found:?}"
+        );
         assert_eq!(fields("team/t1", "[1,2]"), ["(document)"]);
     }
 
@@ -406,7 +433,15 @@ mod tests {
 
     #[test]
     fn durations_outside_sts_limits_are_refused() {
-        for duration in ["899", "43201", "-1", "3600.5", "\"3600\"", "null", "99999999999"] {
+        for duration in [
+            "899",
+            "43201",
+            "-1",
+            "3600.5",
+            "\"3600\"",
+            "null",
+            "99999999999",
+        ] {
             let doc = format!(
                 r#"{{"name":"t1","accounts":[{{"name":"a","roleArn":"arn:aws:iam::123456789012:role/r","duration":{duration}}}]}}"#
             );
@@ -462,7 +497,10 @@ mod tests {
 
     #[test]
     fn limits_are_enforced() {
-        let big = format!(r#"{{"name":"t1","pad":"{}"}}"#, "x".repeat(MAX_DOCUMENT_BYTES));
+        let big = format!(
+            r#"{{"name":"t1","pad":"{}"}}"#,
+            "x".repeat(MAX_DOCUMENT_BYTES)
+        );
         assert_eq!(fields("team/t1", &big), ["(document)"]);
         let account = r#"{"name":"a","roleArn":"arn:aws:iam::123456789012:role/r"}"#;
         let many = format!(
@@ -470,12 +508,16 @@ mod tests {
             vec![account; MAX_ACCOUNTS_PER_TEAM + 1].join(",")
         );
         assert_eq!(fields("team/t1", &many), ["accounts"]);
-        assert_eq!(fields("team/t1", r#"{"name":"t1","accounts":[]}"#), ["accounts"]);
+        assert_eq!(
+            fields("team/t1", r#"{"name":"t1","accounts":[]}"#),
+            ["accounts"]
+        );
     }
 
     #[test]
     fn display_names_the_team_and_each_field() {
-        let error = parse_team("team/t1", br#"{"name":"t1","accounts":[{"name":"a"}]}"#).unwrap_err();
+        let error =
+            parse_team("team/t1", br#"{"name":"t1","accounts":[{"name":"a"}]}"#).unwrap_err();
         assert_eq!(
             error.to_string(),
             r#"team "t1" (key "team/t1") is invalid: accounts[0].roleArn: is missing"#

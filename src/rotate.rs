@@ -13,7 +13,9 @@ use serde::Serialize;
 use crate::aws::client::Written;
 use crate::aws::sts::AssumeRole;
 use crate::aws::{AssumedCredentials, AwsClient, AwsError, Transport};
-use crate::config::{parse_team, AccountConfig, InvalidTeam, Problem, TeamDocument, TEAM_KEY_PREFIX};
+use crate::config::{
+    parse_team, AccountConfig, InvalidTeam, Problem, TeamDocument, TEAM_KEY_PREFIX,
+};
 use crate::template::SecretPathTemplate;
 
 /// Read access to the team documents in the key-value store.
@@ -75,7 +77,9 @@ impl Event {
     /// Failures are `error`, the rest `info`: what a log pipeline filters on.
     pub fn level(&self) -> &'static str {
         match self {
-            Event::TeamInvalid { .. } | Event::AccountFailed { .. } | Event::TickFailed { .. } => "error",
+            Event::TeamInvalid { .. } | Event::AccountFailed { .. } | Event::TickFailed { .. } => {
+                "error"
+            }
             _ => "info",
         }
     }
@@ -270,7 +274,15 @@ async fn rotate_account<T: Transport>(
         Ok(credentials) => credentials,
         Err(error) => return failed(Stage::AssumeRole, error),
     };
-    match write_triple(client, &path.secret_names(), &credentials, &team, &account.name).await {
+    match write_triple(
+        client,
+        &path.secret_names(),
+        &credentials,
+        &team,
+        &account.name,
+    )
+    .await
+    {
         Ok(created) => Event::AccountRotated {
             team: team.clone(),
             account: account.name.clone(),
@@ -321,7 +333,11 @@ async fn write_triple<T: Transport>(
 fn describe_partial(error: AwsError, failures: &[&str]) -> AwsError {
     let note = format!(" [not written: {}]", failures.join(", "));
     match error {
-        AwsError::Service { status, code, message } => AwsError::Service {
+        AwsError::Service {
+            status,
+            code,
+            message,
+        } => AwsError::Service {
             status,
             code,
             message: format!("{message}{note}"),

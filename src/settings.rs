@@ -55,7 +55,8 @@ impl Settings {
             sts: sts.as_deref(),
             secrets_manager: secrets_manager.as_deref(),
         };
-        let endpoints = Endpoints::resolve(region.trim(), &overrides).map_err(anyhow::Error::msg)?;
+        let endpoints =
+            Endpoints::resolve(region.trim(), &overrides).map_err(anyhow::Error::msg)?;
         let template = match get("secret_path_template")? {
             Some(text) => text.parse()?,
             None => SecretPathTemplate::default(),
@@ -87,7 +88,12 @@ pub(crate) mod tests {
 
     impl FakeVariables {
         pub fn new(pairs: &[(&str, &str)]) -> Self {
-            Self(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+            Self(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
         }
     }
 
@@ -97,7 +103,10 @@ pub(crate) mod tests {
         }
     }
 
-    const KEYS: [(&str, &str); 2] = [("aws_access_key_id", "AKID"), ("aws_secret_access_key", "SECRET")];
+    const KEYS: [(&str, &str); 2] = [
+        ("aws_access_key_id", "AKID"),
+        ("aws_secret_access_key", "SECRET"),
+    ];
 
     fn with(extra: &[(&str, &str)]) -> anyhow::Result<Settings> {
         let mut pairs = KEYS.to_vec();
@@ -109,7 +118,10 @@ pub(crate) mod tests {
     fn defaults() {
         let settings = with(&[("aws_session_token", "")]).unwrap();
         assert_eq!(settings.region, "us-east-1");
-        assert_eq!(settings.endpoints.sts, "https://sts.us-east-1.amazonaws.com");
+        assert_eq!(
+            settings.endpoints.sts,
+            "https://sts.us-east-1.amazonaws.com"
+        );
         assert_eq!(settings.template, SecretPathTemplate::default());
         assert_eq!(settings.max_concurrency, 32);
         assert!(settings.credentials.session_token.is_none());
@@ -128,17 +140,27 @@ pub(crate) mod tests {
         assert_eq!(settings.region, "eu-central-1");
         assert_eq!(settings.endpoints.secrets_manager, "http://127.0.0.1:5000");
         assert!(settings.credentials.session_token.is_some());
-        assert_eq!(settings.template.render("t", "a").unwrap().as_str(), "/ci/t/a");
+        assert_eq!(
+            settings.template.render("t", "a").unwrap().as_str(),
+            "/ci/t/a"
+        );
         assert_eq!(settings.max_concurrency, 4);
     }
 
     #[test]
     fn errors_name_the_variable_and_never_a_secret() {
-        let missing = Settings::from_variables(&FakeVariables::new(&[("aws_access_key_id", "AKID")]))
-            .unwrap_err();
-        assert_eq!(missing.to_string(), "variable aws_secret_access_key is required but not set");
+        let missing =
+            Settings::from_variables(&FakeVariables::new(&[("aws_access_key_id", "AKID")]))
+                .unwrap_err();
+        assert_eq!(
+            missing.to_string(),
+            "variable aws_secret_access_key is required but not set"
+        );
         for (pair, expected) in [
-            (("secret_path_template", "/c/{{.Team}}/{{.Nope}}"), "secret_path_template"),
+            (
+                ("secret_path_template", "/c/{{.Team}}/{{.Nope}}"),
+                "secret_path_template",
+            ),
             (("max_concurrency", "0"), "max_concurrency"),
             (("aws_region", "Mars"), "aws_region"),
             (("sts_endpoint_url", "nope"), "sts_endpoint_url"),

@@ -16,7 +16,6 @@ use crate::settings::{Settings, Variables};
 
 wit_bindgen::generate!({ world: "spin-cron", path: "wit" });
 
-
 /// How long one AWS request may take before it counts as a transport failure: a silent
 /// endpoint must not hold a tick (the host starts the next one regardless).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
@@ -56,9 +55,15 @@ async fn run() -> Result<TickSummary, String> {
         &settings.region,
         settings.endpoints.clone(),
     );
-    run_tick(&store, &client, &settings.template, settings.max_concurrency, &StdoutSink)
-        .await
-        .map_err(|e| format!("{e:#}"))
+    run_tick(
+        &store,
+        &client,
+        &settings.template,
+        settings.max_concurrency,
+        &StdoutSink,
+    )
+    .await
+    .map_err(|e| format!("{e:#}"))
 }
 
 struct SpinVariables;
@@ -75,7 +80,8 @@ impl Variables for SpinVariables {
 
 impl TeamStore for Store {
     fn keys(&self) -> anyhow::Result<Vec<String>> {
-        self.get_keys().map_err(|e| anyhow::anyhow!("listing keys: {e}"))
+        self.get_keys()
+            .map_err(|e| anyhow::anyhow!("listing keys: {e}"))
     }
 
     fn get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {

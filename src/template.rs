@@ -60,7 +60,9 @@ impl FromStr for SecretPathTemplate {
 
 impl Default for SecretPathTemplate {
     fn default() -> Self {
-        DEFAULT_TEMPLATE.parse().expect("the default template is valid")
+        DEFAULT_TEMPLATE
+            .parse()
+            .expect("the default template is valid")
     }
 }
 
@@ -128,7 +130,10 @@ fn check_shape(parts: &[Part]) -> Result<(), String> {
         );
     }
     if !positions(parts, &Part::Account).iter().any(|&i| i > team) {
-        return Err("{{.Account}} must appear after {{.Team}}, or accounts would overwrite each other".to_owned());
+        return Err(
+            "{{.Account}} must appear after {{.Team}}, or accounts would overwrite each other"
+                .to_owned(),
+        );
     }
     Ok(())
 }
@@ -214,12 +219,17 @@ mod tests {
         let template: SecretPathTemplate = "/concourse/{{.Team}}/{{.Account}}-{{.Account}}"
             .parse()
             .unwrap();
-        assert_eq!(template.render("t1", "a").unwrap().as_str(), "/concourse/t1/a-a");
+        assert_eq!(
+            template.render("t1", "a").unwrap().as_str(),
+            "/concourse/t1/a-a"
+        );
     }
 
     #[test]
     fn unknown_placeholders_are_errors_not_empty_strings() {
-        assert!(reason("/concourse/{{.Team}}/{{.Acount}}").contains("unknown placeholder {{.Acount}}"));
+        assert!(
+            reason("/concourse/{{.Team}}/{{.Acount}}").contains("unknown placeholder {{.Acount}}")
+        );
         assert!(reason("/concourse/{{.Team}}/{{.Account}}{{.Region}}").contains("{{.Region}}"));
         assert!(reason("/concourse/{{.Team}}/{{.Account").contains("never closed"));
     }
@@ -235,7 +245,10 @@ mod tests {
             "/concourse/{{.Team}}/{{.Team}}/{{.Account}}",
             "/concourse/{{.Team}}/static",
         ] {
-            assert!(template.parse::<SecretPathTemplate>().is_err(), "{template}");
+            assert!(
+                template.parse::<SecretPathTemplate>().is_err(),
+                "{template}"
+            );
         }
     }
 
@@ -250,10 +263,14 @@ mod tests {
         let template = SecretPathTemplate::default();
         let long = "a".repeat(64);
         assert!(template.render(&long, &long).is_ok());
-        let template: SecretPathTemplate = format!("/{}/{{{{.Team}}}}/{{{{.Account}}}}", "p".repeat(400))
-            .parse()
-            .unwrap();
+        let template: SecretPathTemplate =
+            format!("/{}/{{{{.Team}}}}/{{{{.Account}}}}", "p".repeat(400))
+                .parse()
+                .unwrap();
         let error = template.render(&long, &long).unwrap_err();
-        assert!(error.contains("longer than Secrets Manager's 512"), "{error}");
+        assert!(
+            error.contains("longer than Secrets Manager's 512"),
+            "{error}"
+        );
     }
 }

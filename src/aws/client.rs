@@ -57,23 +57,29 @@ impl Endpoints {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         if !valid_region {
-            return Err(format!("aws_region {region:?} is not an AWS region name such as us-east-1"));
+            return Err(format!(
+                "aws_region {region:?} is not an AWS region name such as us-east-1"
+            ));
         }
         let domain = if region.starts_with("cn-") {
             "amazonaws.com.cn"
         } else {
             "amazonaws.com"
         };
-        let pick = |variable: &str, specific: Option<&str>, service: &str| {
-            match (specific, overrides.aws) {
+        let pick =
+            |variable: &str, specific: Option<&str>, service: &str| match (specific, overrides.aws)
+            {
                 (Some(url), _) => check_endpoint(variable, url),
                 (None, Some(url)) => check_endpoint("aws_endpoint_url", url),
                 (None, None) => Ok(format!("https://{service}.{region}.{domain}")),
-            }
-        };
+            };
         Ok(Self {
             sts: pick("sts_endpoint_url", overrides.sts, "sts")?,
-            secrets_manager: pick("secretsmanager_endpoint_url", overrides.secrets_manager, "secretsmanager")?,
+            secrets_manager: pick(
+                "secretsmanager_endpoint_url",
+                overrides.secrets_manager,
+                "secretsmanager",
+            )?,
         })
     }
 }
@@ -85,7 +91,9 @@ fn check_endpoint(variable: &str, url: &str) -> Result<String, String> {
         .parse()
         .map_err(|error| format!("{variable} {url:?} is not a URL: {error}"))?;
     let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
-    let bare = uri.path_and_query().is_none_or(|p| p.as_str() == "/" || p.as_str().is_empty());
+    let bare = uri
+        .path_and_query()
+        .is_none_or(|p| p.as_str() == "/" || p.as_str().is_empty());
     if !scheme_ok || uri.host().is_none() || !bare {
         return Err(format!(
             "{variable} {url:?} must be http:// or https:// followed by a host and optional port, with no path"
@@ -112,12 +120,21 @@ pub struct AwsClient<T> {
 }
 
 impl<T: Transport> AwsClient<T> {
-    pub fn new(transport: T, credentials: &RotatorCredentials, region: &str, endpoints: Endpoints) -> Self {
+    pub fn new(
+        transport: T,
+        credentials: &RotatorCredentials,
+        region: &str,
+        endpoints: Endpoints,
+    ) -> Self {
         Self {
             transport,
             signer: Signer::new(credentials, region),
             endpoints,
-            redact: credentials.secret_values().into_iter().map(str::to_owned).collect(),
+            redact: credentials
+                .secret_values()
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
         }
     }
 
@@ -126,9 +143,13 @@ impl<T: Transport> AwsClient<T> {
     }
 
     /// `sts:AssumeRole`.
-    pub async fn assume_role(&self, request: &AssumeRole<'_>) -> Result<AssumedCredentials, AwsError> {
+    pub async fn assume_role(
+        &self,
+        request: &AssumeRole<'_>,
+    ) -> Result<AssumedCredentials, AwsError> {
         let url = format!("{}/", self.endpoints.sts);
-        let builder = http::Request::post(url).header(http::header::CONTENT_TYPE, sts::CONTENT_TYPE);
+        let builder =
+            http::Request::post(url).header(http::header::CONTENT_TYPE, sts::CONTENT_TYPE);
         let response = self
             .call("sts", builder, request.form_body().into_bytes())
             .await?;
@@ -143,7 +164,10 @@ impl<T: Transport> AwsClient<T> {
         team: &str,
         account: &str,
     ) -> Result<Written, AwsError> {
-        match self.secrets_manager(secrets::put_secret_value(name, value)).await {
+        match self
+            .secrets_manager(secrets::put_secret_value(name, value))
+            .await
+        {
             Err(error) if error.code() == Some(secrets::NOT_FOUND) => {}
             other => return other.map(|()| Written::Updated),
         }
@@ -202,7 +226,10 @@ mod tests {
     fn regional_endpoints_by_default() {
         let endpoints = Endpoints::resolve("eu-west-1", &EndpointOverrides::default()).unwrap();
         assert_eq!(endpoints.sts, "https://sts.eu-west-1.amazonaws.com");
-        assert_eq!(endpoints.secrets_manager, "https://secretsmanager.eu-west-1.amazonaws.com");
+        assert_eq!(
+            endpoints.secrets_manager,
+            "https://secretsmanager.eu-west-1.amazonaws.com"
+        );
         let china = Endpoints::resolve("cn-north-1", &EndpointOverrides::default()).unwrap();
         assert_eq!(china.sts, "https://sts.cn-north-1.amazonaws.com.cn");
     }
@@ -228,10 +255,25 @@ mod tests {
     #[test]
     fn bad_endpoints_and_regions_name_their_variable() {
         for (overrides, variable) in [
-            (EndpointOverrides { aws: Some("127.0.0.1:5000"), ..Default::default() }, "aws_endpoint_url"),
-            (EndpointOverrides { sts: Some("ftp://host"), ..Default::default() }, "sts_endpoint_url"),
             (
-                EndpointOverrides { secrets_manager: Some("http://host/path"), ..Default::default() },
+                EndpointOverrides {
+                    aws: Some("127.0.0.1:5000"),
+                    ..Default::default()
+                },
+                "aws_endpoint_url",
+            ),
+            (
+                EndpointOverrides {
+                    sts: Some("ftp://host"),
+                    ..Default::default()
+                },
+                "sts_endpoint_url",
+            ),
+            (
+                EndpointOverrides {
+                    secrets_manager: Some("http://host/path"),
+                    ..Default::default()
+                },
                 "secretsmanager_endpoint_url",
             ),
         ] {

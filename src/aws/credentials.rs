@@ -81,7 +81,14 @@ mod tests {
             expiration: DateTime::UNIX_EPOCH,
         };
         let printed = format!("{rotator:?} {rotator:#?} {assumed:?} {assumed:#?}");
-        for secret in ["AKIDVALUE", "SECRETVALUE", "TOKENVALUE", "ASIAVALUE", "ASSUMEDSECRET", "ASSUMEDTOKEN"] {
+        for secret in [
+            "AKIDVALUE",
+            "SECRETVALUE",
+            "TOKENVALUE",
+            "ASIAVALUE",
+            "ASSUMEDSECRET",
+            "ASSUMEDTOKEN",
+        ] {
             assert!(!printed.contains(secret), "{printed}");
         }
         assert!(printed.contains("has_session_token: true"));

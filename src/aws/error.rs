@@ -65,7 +65,11 @@ impl AwsError {
         };
         match self {
             AwsError::Transport(text) => AwsError::Transport(scrub(text)),
-            AwsError::Service { status, code, message } => AwsError::Service {
+            AwsError::Service {
+                status,
+                code,
+                message,
+            } => AwsError::Service {
                 status,
                 code: scrub(code),
                 message: scrub(message),
@@ -77,6 +81,40 @@ impl AwsError {
             AwsError::Request(text) => AwsError::Request(scrub(text)),
         }
     }
+}
+
+/// AWS sends `ErrorResponse/Error`; moto wraps it as `ErrorResponse/Errors/Error`.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct XmlErrorResponse {
+    error: Option<XmlError>,
+    errors: Option<Errors>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Errors {
+    error: XmlError,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct XmlError {
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// Reads an XML error document (the query protocol's, and the shape moto uses for
+/// authorization failures of every service).
+pub(crate) fn parse_xml_error(status: u16, body: &str) -> Option<AwsError> {
+    let response = quick_xml::de::from_str::<XmlErrorResponse>(body).ok()?;
+    let error = response.error.or(response.errors.map(|e| e.error))?;
+    Some(AwsError::Service {
+        status,
+        code: truncate(error.code.trim(), 100),
+        message: truncate(error.message.trim(), 500),
+    })
 }
 
 /// Cuts text from an answer down to a loggable size without splitting a character.
@@ -108,8 +146,16 @@ mod tests {
         for code in THROTTLING_CODES {
             assert!(service(400, code).is_retryable(), "{code}");
         }
-        assert!(AwsError::Malformed { status: 502, detail: String::new() }.is_retryable());
-        assert!(!AwsError::Malformed { status: 200, detail: String::new() }.is_retryable());
+        assert!(AwsError::Malformed {
+            status: 502,
+            detail: String::new()
+        }
+        .is_retryable());
+        assert!(!AwsError::Malformed {
+            status: 200,
+            detail: String::new()
+        }
+        .is_retryable());
         assert!(!service(403, "AccessDenied").is_retryable());
         assert!(!service(400, "ValidationError").is_retryable());
         assert!(!service(404, "ResourceNotFoundException").is_retryable());

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::error::truncate;
+use super::error::{parse_xml_error, truncate};
 use super::{AwsError, HttpResponse};
 
 /// The media type of the JSON 1.1 protocol.
@@ -83,19 +83,21 @@ pub fn check_write(response: &HttpResponse) -> Result<(), AwsError> {
     let parsed = serde_json::from_slice::<JsonError>(&response.body)
         .ok()
         .filter(|error| !error.kind.is_empty());
+    let body = String::from_utf8_lossy(&response.body);
     Err(match parsed {
         Some(error) => AwsError::Service {
             status: response.status,
             code: truncate(error.kind.rsplit('#').next().unwrap_or_default(), 100),
             message: truncate(&error.message, 500),
         },
-        None => AwsError::Malformed {
+        // Authorization failures can come back in the XML shape (moto does this).
+        None => parse_xml_error(response.status, &body).unwrap_or_else(|| AwsError::Malformed {
             status: response.status,
             detail: format!(
                 "not a Secrets Manager error document: {:?}",
-                truncate(&String::from_utf8_lossy(&response.body), 200)
+                truncate(&body, 200)
             ),
-        },
+        }),
     })
 }
 
@@ -123,7 +125,10 @@ mod tests {
         let body: serde_json::Value = serde_json::from_slice(&create.body).unwrap();
         assert_eq!(body["Name"], "/concourse/t/a-access-key");
         assert_eq!(body["SecretString"], "v");
-        assert!(body["Description"].as_str().unwrap().contains("team t, account a"));
+        assert!(body["Description"]
+            .as_str()
+            .unwrap()
+            .contains("team t, account a"));
     }
 
     #[test]
@@ -142,17 +147,39 @@ mod tests {
             .unwrap_err();
             assert_eq!(error.code(), Some(NOT_FOUND));
         }
-        let error = check_write(&answer(400, r#"{"__type":"ThrottlingException","Message":"Rate exceeded"}"#)).unwrap_err();
+        let error = check_write(&answer(
+            400,
+            r#"{"__type":"ThrottlingException","Message":"Rate exceeded"}"#,
+        ))
+        .unwrap_err();
         assert_eq!(error.code(), Some("ThrottlingException"));
         assert!(error.to_string().contains("Rate exceeded"));
         assert!(error.is_retryable());
     }
 
     #[test]
+    fn xml_authorization_failures_are_read_too() {
+        let body = r#"<?xml version="1.0" encoding="utf-8"?>
+<ErrorResponse><Errors><Error><Code>AccessDenied</Code><Message>User: x is not authorized to perform: secretsmanager:PutSecretValue</Message></Error></Errors></ErrorResponse>"#;
+        let error = check_write(&answer(403, body)).unwrap_err();
+        assert_eq!(error.code(), Some("AccessDenied"));
+        assert!(error.to_string().contains("secretsmanager:PutSecretValue"));
+    }
+
+    #[test]
     fn unreadable_errors_are_malformed() {
-        for body in ["", "<html>502</html>", "{\"message\":\"no type\"}", "[1]", "{\"__type\":5}"] {
+        for body in [
+            "",
+            "<html>502</html>",
+            "{\"message\":\"no type\"}",
+            "[1]",
+            "{\"__type\":5}",
+        ] {
             let error = check_write(&answer(502, body)).unwrap_err();
-            assert!(matches!(error, AwsError::Malformed { status: 502, .. }), "{body}: {error:?}");
+            assert!(
+                matches!(error, AwsError::Malformed { status: 502, .. }),
+                "{body}: {error:?}"
+            );
         }
     }
 }

@@ -93,7 +93,10 @@ mod tests {
 
     fn request() -> http::Request<Vec<u8>> {
         http::Request::post("https://sts.us-east-1.amazonaws.com/")
-            .header("content-type", "application/x-www-form-urlencoded; charset=utf-8")
+            .header(
+                "content-type",
+                "application/x-www-form-urlencoded; charset=utf-8",
+            )
             .header("content-length", "43")
             .body(b"Action=GetCallerIdentity&Version=2011-06-15".to_vec())
             .unwrap()
@@ -119,11 +122,16 @@ mod tests {
     #[test]
     fn a_session_token_is_sent_and_signed() {
         let mut request = request();
-        signer(Some("SESSIONTOKEN")).sign("secretsmanager", &mut request, time()).unwrap();
+        signer(Some("SESSIONTOKEN"))
+            .sign("secretsmanager", &mut request, time())
+            .unwrap();
         assert_eq!(request.headers()["x-amz-security-token"], "SESSIONTOKEN");
         let authorization = request.headers()["authorization"].to_str().unwrap();
         assert!(authorization.contains("/secretsmanager/aws4_request"));
-        assert!(authorization.contains("x-amz-security-token"), "{authorization}");
+        assert!(
+            authorization.contains("x-amz-security-token"),
+            "{authorization}"
+        );
     }
 
     #[test]
@@ -133,6 +141,9 @@ mod tests {
         *second.body_mut() = b"Action=GetCallerIdentity&Version=2011-06-16".to_vec();
         signer(None).sign("sts", &mut first, time()).unwrap();
         signer(None).sign("sts", &mut second, time()).unwrap();
-        assert_ne!(first.headers()["authorization"], second.headers()["authorization"]);
+        assert_ne!(
+            first.headers()["authorization"],
+            second.headers()["authorization"]
+        );
     }
 }

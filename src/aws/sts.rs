@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use super::error::truncate;
+use super::error::{parse_xml_error, truncate};
 use super::{AssumedCredentials, AwsError, HttpResponse};
 
 /// The request for one account's credentials.
@@ -56,28 +56,6 @@ struct XmlCredentials {
     expiration: String,
 }
 
-/// AWS sends `ErrorResponse/Error`; moto wraps it as `ErrorResponse/Errors/Error`.
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ErrorResponse {
-    error: Option<XmlError>,
-    errors: Option<Errors>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct Errors {
-    error: XmlError,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct XmlError {
-    code: String,
-    #[serde(default)]
-    message: String,
-}
-
 /// Reads an `AssumeRole` answer: credentials on 200, a typed error otherwise.
 pub fn parse_assume_role(response: &HttpResponse) -> Result<AssumedCredentials, AwsError> {
     let body = String::from_utf8_lossy(&response.body);
@@ -108,20 +86,10 @@ pub fn parse_assume_role(response: &HttpResponse) -> Result<AssumedCredentials, 
 
 /// Reads STS's `ErrorResponse/Error/{Code,Message}`, falling back to the raw body's start.
 fn parse_error(status: u16, body: &str) -> AwsError {
-    let parsed = quick_xml::de::from_str::<ErrorResponse>(body)
-        .ok()
-        .and_then(|response| response.error.or(response.errors.map(|e| e.error)));
-    match parsed {
-        Some(error) => AwsError::Service {
-            status,
-            code: truncate(error.code.trim(), 100),
-            message: truncate(error.message.trim(), 500),
-        },
-        None => AwsError::Malformed {
-            status,
-            detail: format!("not an STS error document: {:?}", truncate(body, 200)),
-        },
-    }
+    parse_xml_error(status, body).unwrap_or_else(|| AwsError::Malformed {
+        status,
+        detail: format!("not an STS error document: {:?}", truncate(body, 200)),
+    })
 }
 
 #[cfg(test)]
@@ -168,20 +136,32 @@ mod tests {
             request.form_body(),
             "Action=AssumeRole&Version=2011-06-15&RoleArn=arn%3Aaws%3Aiam%3A%3A123456789012%3Arole%2Fci%2Fmachine-user&RoleSessionName=example-team&DurationSeconds=7200&ExternalId=a%2Bb%3Dc%2Cd%40e%3Af%2Fg"
         );
-        let without = AssumeRole { external_id: None, ..request };
+        let without = AssumeRole {
+            external_id: None,
+            ..request
+        };
         assert!(!without.form_body().contains("ExternalId"));
     }
 
     #[test]
     fn parses_credentials_and_expiration() {
         let credentials = parse_assume_role(&answer(200, SUCCESS)).unwrap();
-        assert_eq!(credentials.access_key_id.expose_secret(), "ASIAIOSFODNN7EXAMPLE");
+        assert_eq!(
+            credentials.access_key_id.expose_secret(),
+            "ASIAIOSFODNN7EXAMPLE"
+        );
         assert_eq!(
             credentials.secret_access_key.expose_secret(),
             "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY"
         );
-        assert!(credentials.session_token.expose_secret().starts_with("IQoJ"));
-        assert_eq!(credentials.expiration.to_rfc3339(), "2019-11-09T13:34:41+00:00");
+        assert!(credentials
+            .session_token
+            .expose_secret()
+            .starts_with("IQoJ"));
+        assert_eq!(
+            credentials.expiration.to_rfc3339(),
+            "2019-11-09T13:34:41+00:00"
+        );
     }
 
     #[test]
@@ -193,14 +173,21 @@ mod tests {
         let error = parse_assume_role(&answer(403, body)).unwrap_err();
         assert_eq!(error.code(), Some("AccessDenied"));
         assert!(!error.is_retryable());
-        assert!(error.to_string().contains("not authorized to perform: sts:AssumeRole"));
+        assert!(error
+            .to_string()
+            .contains("not authorized to perform: sts:AssumeRole"));
 
         let moto = r#"<?xml version="1.0" encoding="utf-8"?>
 <ErrorResponse><Errors><Error><Code>AccessDenied</Code><Message>User: arn:aws:iam::123456789012:user/rotator is not authorized</Message></Error></Errors></ErrorResponse>"#;
-        assert_eq!(parse_assume_role(&answer(403, moto)).unwrap_err().code(), Some("AccessDenied"));
+        assert_eq!(
+            parse_assume_role(&answer(403, moto)).unwrap_err().code(),
+            Some("AccessDenied")
+        );
 
         let throttled = "<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error></ErrorResponse>";
-        assert!(parse_assume_role(&answer(400, throttled)).unwrap_err().is_retryable());
+        assert!(parse_assume_role(&answer(400, throttled))
+            .unwrap_err()
+            .is_retryable());
     }
 
     #[test]

@@ -49,7 +49,11 @@ fn reply(status: u16, body: impl Into<String>) -> HttpResponse {
 impl FakeAws {
     fn answer(&self, request: &http::Request<Vec<u8>>) -> HttpResponse {
         let length = request.headers()["content-length"].to_str().unwrap();
-        assert_eq!(length, request.body().len().to_string(), "content-length must match");
+        assert_eq!(
+            length,
+            request.body().len().to_string(),
+            "content-length must match"
+        );
         assert!(request.headers().contains_key("authorization"));
         match request.headers().get("x-amz-target") {
             Some(target) => self.secrets_manager(target.to_str().unwrap(), request.body()),
@@ -59,7 +63,9 @@ impl FakeAws {
 
     fn sts(&self, body: &[u8]) -> HttpResponse {
         let form: BTreeMap<String, String> = form_urlencoded::parse(body).into_owned().collect();
-        self.calls.borrow_mut().push(format!("AssumeRole {}", form["RoleArn"]));
+        self.calls
+            .borrow_mut()
+            .push(format!("AssumeRole {}", form["RoleArn"]));
         if self.denied_roles.contains(&form["RoleArn"]) {
             return reply(
                 403,
@@ -69,8 +75,14 @@ impl FakeAws {
         let n = self.issued.get() + 1;
         self.issued.set(n);
         let session = &form["RoleSessionName"];
-        let values = [format!("ASIAFAKE{n:08}"), format!("secret-{n}-{session}"), format!("token-{n}-{session}")];
-        self.issued_values.borrow_mut().extend(values.iter().cloned());
+        let values = [
+            format!("ASIAFAKE{n:08}"),
+            format!("secret-{n}-{session}"),
+            format!("token-{n}-{session}"),
+        ];
+        self.issued_values
+            .borrow_mut()
+            .extend(values.iter().cloned());
         let [key, secret, token] = values;
         reply(
             200,
@@ -103,7 +115,10 @@ impl FakeAws {
                 404,
                 r#"{"__type":"ResourceNotFoundException","message":"Secrets Manager can't find the specified secret."}"#,
             ),
-            ("CreateSecret", true) => reply(400, r#"{"__type":"ResourceExistsException","message":"exists"}"#),
+            ("CreateSecret", true) => reply(
+                400,
+                r#"{"__type":"ResourceExistsException","message":"exists"}"#,
+            ),
             _ => {
                 secrets.insert(name, value);
                 reply(200, "{}")
@@ -115,7 +130,8 @@ impl FakeAws {
 impl Transport for &FakeAws {
     async fn send(&self, request: http::Request<Vec<u8>>) -> Result<HttpResponse, TransportError> {
         self.in_flight.set(self.in_flight.get() + 1);
-        self.max_in_flight.set(self.max_in_flight.get().max(self.in_flight.get()));
+        self.max_in_flight
+            .set(self.max_in_flight.get().max(self.in_flight.get()));
         YieldOnce(false).await;
         self.in_flight.set(self.in_flight.get() - 1);
         Ok(self.answer(&request))
@@ -162,7 +178,10 @@ fn team(name: &str, accounts: &[(&str, &str)]) -> String {
 
 fn two_teams() -> Store {
     Store::default()
-        .with("team/alpha", &team("alpha", &[("dev", "ci"), ("prod", "ci-prod")]))
+        .with(
+            "team/alpha",
+            &team("alpha", &[("dev", "ci"), ("prod", "ci-prod")]),
+        )
         .with("team/beta", &team("beta", &[("lab", "ci")]))
         .with("unrelated/key", "not a team")
 }
@@ -184,7 +203,8 @@ fn tick(aws: &FakeAws, store: &Store, concurrency: usize) -> (TickSummary, Vec<E
     let events = Events::default();
     let template = SecretPathTemplate::default();
     let summary =
-        futures::executor::block_on(run_tick(store, &client, &template, concurrency, &events)).unwrap();
+        futures::executor::block_on(run_tick(store, &client, &template, concurrency, &events))
+            .unwrap();
     (summary, events.0.into_inner())
 }
 
@@ -206,18 +226,41 @@ fn rotates_every_account_of_every_team_into_the_lambda_layout() {
     assert_eq!(secrets.len(), 9);
     let access = &secrets["/concourse/alpha/dev-access-key"];
     let n: usize = access.trim_start_matches("ASIAFAKE").parse().unwrap();
-    assert_eq!(secrets["/concourse/alpha/dev-secret-key"], format!("secret-{n}-alpha"));
-    assert_eq!(secrets["/concourse/alpha/dev-session-token"], format!("token-{n}-alpha"));
+    assert_eq!(
+        secrets["/concourse/alpha/dev-secret-key"],
+        format!("secret-{n}-alpha")
+    );
+    assert_eq!(
+        secrets["/concourse/alpha/dev-session-token"],
+        format!("token-{n}-alpha")
+    );
     assert!(secrets["/concourse/beta/lab-session-token"].ends_with("-beta"));
     let rotated: Vec<_> = events
         .iter()
-        .filter(|e| matches!(e, Event::AccountRotated { secrets_created: 3, .. }))
+        .filter(|e| {
+            matches!(
+                e,
+                Event::AccountRotated {
+                    secrets_created: 3,
+                    ..
+                }
+            )
+        })
         .collect();
     assert_eq!(rotated.len(), 3);
-    assert!(matches!(events.first(), Some(Event::TickStarted { teams: 2 })));
+    assert!(matches!(
+        events.first(),
+        Some(Event::TickStarted { teams: 2 })
+    ));
     assert!(matches!(
         events.last(),
-        Some(Event::TickFinished { accounts: 3, rotated: 3, failed: 0, invalid_teams: 0, .. })
+        Some(Event::TickFinished {
+            accounts: 3,
+            rotated: 3,
+            failed: 0,
+            invalid_teams: 0,
+            ..
+        })
     ));
 }
 
@@ -235,11 +278,17 @@ fn a_second_tick_replaces_every_value_with_put_secret_value() {
         assert_ne!(&second[name], value, "{name} was not replaced");
     }
     let calls = aws.calls.borrow();
-    assert_eq!(calls.iter().filter(|c| c.starts_with("PutSecretValue")).count(), 9);
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.starts_with("PutSecretValue"))
+            .count(),
+        9
+    );
     assert!(!calls.iter().any(|c| c.starts_with("CreateSecret")));
-    assert!(events
-        .iter()
-        .all(|e| !matches!(e, Event::AccountRotated { secrets_created, .. } if *secrets_created != 0)));
+    assert!(events.iter().all(
+        |e| !matches!(e, Event::AccountRotated { secrets_created, .. } if *secrets_created != 0)
+    ));
 }
 
 #[test]
@@ -260,8 +309,14 @@ fn bad_teams_and_denied_roles_fail_alone() {
         error,
         "1 of 3 accounts failed: alpha/prod (AccessDenied); 2 invalid team documents: team/broken, team/mismatch"
     );
-    assert!(aws.secrets.borrow().contains_key("/concourse/alpha/dev-access-key"));
-    assert!(aws.secrets.borrow().contains_key("/concourse/beta/lab-access-key"));
+    assert!(aws
+        .secrets
+        .borrow()
+        .contains_key("/concourse/alpha/dev-access-key"));
+    assert!(aws
+        .secrets
+        .borrow()
+        .contains_key("/concourse/beta/lab-access-key"));
     assert!(!aws.secrets.borrow().keys().any(|k| k.contains("/prod-")));
     let failure = events
         .iter()
@@ -294,7 +349,10 @@ fn a_failed_secret_write_names_what_was_not_written() {
     assert_eq!(summary.failed, ["beta/lab (InternalServiceError)"]);
     let line = event_lines(&events);
     assert!(line.contains(r#""stage":"write_secrets""#), "{line}");
-    assert!(line.contains("[not written: /concourse/beta/lab-session-token]"), "{line}");
+    assert!(
+        line.contains("[not written: /concourse/beta/lab-session-token]"),
+        "{line}"
+    );
     assert!(line.contains(r#""retryable":true"#), "{line}");
 }
 
@@ -312,14 +370,22 @@ fn events_never_carry_credential_values() {
     assert_eq!(values.len(), 6, "two accounts got credentials");
     values.extend(["ROTATORSECRET".to_owned(), "AKIDROTATOR".to_owned()]);
     for value in &values {
-        assert!(!lines.contains(value.as_str()), "{value} leaked into {lines}");
-        assert!(!debug.contains(value.as_str()), "{value} leaked into {debug}");
+        assert!(
+            !lines.contains(value.as_str()),
+            "{value} leaked into {lines}"
+        );
+        assert!(
+            !debug.contains(value.as_str()),
+            "{value} leaked into {debug}"
+        );
     }
 }
 
 #[test]
 fn accounts_run_concurrently_within_the_bound() {
-    let many: Vec<(String, String)> = (0..12).map(|i| (format!("a{i}"), "ci".to_owned())).collect();
+    let many: Vec<(String, String)> = (0..12)
+        .map(|i| (format!("a{i}"), "ci".to_owned()))
+        .collect();
     let refs: Vec<(&str, &str)> = many.iter().map(|(a, r)| (a.as_str(), r.as_str())).collect();
     let store = Store::default().with("team/wide", &team("wide", &refs));
     let aws = FakeAws::default();

@@ -62,7 +62,9 @@ impl variables::Host for TickState {
     fn get(&mut self, name: String) -> Result<String, variables::Error> {
         let valid = !name.is_empty()
             && name.starts_with(|c: char| c.is_ascii_lowercase())
-            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         if !valid {
             return Err(variables::Error::InvalidName(name));
         }
@@ -108,7 +110,11 @@ impl key_value::HostStore for TickState {
         Ok(())
     }
 
-    fn exists(&mut self, _: Resource<KeyValueHandle>, key: String) -> Result<bool, key_value::Error> {
+    fn exists(
+        &mut self,
+        _: Resource<KeyValueHandle>,
+        key: String,
+    ) -> Result<bool, key_value::Error> {
         Ok(self.entries().contains_key(&key))
     }
 
@@ -124,7 +130,9 @@ impl key_value::HostStore for TickState {
 
 impl TickState {
     fn entries(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<u8>>> {
-        self.key_value.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.key_value
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -138,7 +146,11 @@ pub struct Host {
 
 impl Host {
     /// Compiles the component once; every tick instantiates it afresh, as Spin does.
-    pub fn new(wasm: &Path, key_value: KeyValue, variables: HashMap<String, String>) -> anyhow::Result<Self> {
+    pub fn new(
+        wasm: &Path,
+        key_value: KeyValue,
+        variables: HashMap<String, String>,
+    ) -> anyhow::Result<Self> {
         let config = Config::new();
         let engine = Engine::new(&config)?;
         let component = Component::from_file(&engine, wasm)

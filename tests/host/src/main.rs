@@ -18,7 +18,10 @@ use concourse_sts_host::{Host, KeyValue};
 #[command(about = "Run concourse-sts cron ticks in a wasmtime host")]
 struct Args {
     /// The component to run.
-    #[arg(long, default_value = "target/wasm32-wasip2/release/concourse_sts.wasm")]
+    #[arg(
+        long,
+        default_value = "target/wasm32-wasip2/release/concourse_sts.wasm"
+    )]
     wasm: PathBuf,
     /// A JSON file holding the key-value store ({"key": "value"}); created if missing.
     #[arg(long)]
@@ -46,7 +49,8 @@ fn split_pair(pair: &str) -> anyhow::Result<(&str, &str)> {
 fn load_store(path: Option<&Path>, pairs: &[String]) -> anyhow::Result<KeyValue> {
     let mut entries = BTreeMap::new();
     if let Some(path) = path.filter(|p| p.exists()) {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let map: BTreeMap<String, String> =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         entries.extend(map.into_iter().map(|(k, v)| (k, v.into_bytes())));
@@ -141,7 +145,11 @@ async fn run() -> anyhow::Result<(u32, u32)> {
         bail!("--ticks must be at least 1");
     }
     let store = load_store(args.kv.as_deref(), &args.key_values)?;
-    let host = Arc::new(Host::new(&args.wasm, store.clone(), variables(&args.variables)?)?);
+    let host = Arc::new(Host::new(
+        &args.wasm,
+        store.clone(),
+        variables(&args.variables)?,
+    )?);
     let result = run_ticks(host, args.ticks, Duration::from_millis(args.interval_ms)).await;
     if let Some(path) = &args.kv {
         save_store(path, &store)?;
