@@ -13,6 +13,7 @@
 pub mod aws;
 pub mod config;
 pub mod names;
+pub mod roles;
 pub mod rotate;
 pub mod settings;
 pub mod template;

@@ -16,6 +16,7 @@ use crate::aws::{AssumedCredentials, AwsClient, AwsError, Transport};
 use crate::config::{
     parse_team, AccountConfig, InvalidTeam, Problem, TeamDocument, TEAM_KEY_PREFIX,
 };
+use crate::roles::AllowedRoles;
 use crate::template::SecretPathTemplate;
 
 /// Read access to the team documents in the key-value store.
@@ -100,6 +101,8 @@ impl Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
+    /// The role is outside the operator's `allowed_role_arns`.
+    RoleNotAllowed,
     /// The account's secret path cannot be rendered (too long for Secrets Manager).
     SecretPath,
     AssumeRole,
@@ -144,6 +147,14 @@ impl TickSummary {
     }
 }
 
+/// What the operator decides about every tick, from the application variables.
+#[derive(Debug, Clone)]
+pub struct RotationRules {
+    pub template: SecretPathTemplate,
+    pub allowed_roles: AllowedRoles,
+    pub max_concurrency: usize,
+}
+
 /// One account's work, with everything it needs owned.
 struct Job {
     team: String,
@@ -154,8 +165,7 @@ struct Job {
 pub async fn run_tick<T: Transport>(
     store: &impl TeamStore,
     client: &AwsClient<T>,
-    template: &SecretPathTemplate,
-    max_concurrency: usize,
+    rules: &RotationRules,
     sink: &impl EventSink,
 ) -> anyhow::Result<TickSummary> {
     let started = Instant::now();
@@ -184,8 +194,8 @@ pub async fn run_tick<T: Transport>(
         .collect();
     summary.accounts = jobs.len();
     let mut outcomes = stream::iter(jobs)
-        .map(|job| rotate_account(client, template, job))
-        .buffer_unordered(max_concurrency.max(1));
+        .map(|job| rotate_account(client, rules, job))
+        .buffer_unordered(rules.max_concurrency.max(1));
     while let Some(event) = outcomes.next().await {
         match &event {
             Event::AccountRotated { .. } => summary.rotated += 1,
@@ -247,22 +257,35 @@ fn load_teams(store: &impl TeamStore) -> anyhow::Result<(Vec<TeamDocument>, Vec<
 
 async fn rotate_account<T: Transport>(
     client: &AwsClient<T>,
-    template: &SecretPathTemplate,
+    rules: &RotationRules,
     job: Job,
 ) -> Event {
     let Job { team, account } = job;
-    let failed = |stage: Stage, error: AwsError| Event::AccountFailed {
-        team: team.clone(),
-        account: account.name.clone(),
-        role_arn: account.role_arn.clone(),
-        stage,
-        code: error.code().map(str::to_owned),
-        retryable: error.is_retryable(),
-        error: error.to_string(),
+    let refused =
+        |stage: Stage, code: Option<&str>, retryable: bool, error: String| Event::AccountFailed {
+            team: team.clone(),
+            account: account.name.clone(),
+            role_arn: account.role_arn.clone(),
+            stage,
+            code: code.map(str::to_owned),
+            retryable,
+            error,
+        };
+    let failed = |stage: Stage, error: AwsError| {
+        refused(stage, error.code(), error.is_retryable(), error.to_string())
     };
-    let path = match template.render(&team, &account.name) {
+    if !rules.allowed_roles.permits(&account.role_arn) {
+        let reason = "the role ARN matches no pattern of allowed_role_arns; STS was not called";
+        return refused(
+            Stage::RoleNotAllowed,
+            Some("RoleNotAllowed"),
+            false,
+            reason.to_owned(),
+        );
+    }
+    let path = match rules.template.render(&team, &account.name) {
         Ok(path) => path,
-        Err(reason) => return failed(Stage::SecretPath, AwsError::Request(reason)),
+        Err(reason) => return refused(Stage::SecretPath, None, false, reason),
     };
     let request = AssumeRole {
         role_arn: &account.role_arn,

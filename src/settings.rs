@@ -5,6 +5,8 @@ use anyhow::{bail, Context};
 
 use crate::aws::client::EndpointOverrides;
 use crate::aws::{Endpoints, RotatorCredentials};
+use crate::roles::AllowedRoles;
+use crate::rotate::RotationRules;
 use crate::template::SecretPathTemplate;
 
 /// Reads one application variable; `None` (or an empty string) means unset.
@@ -24,8 +26,7 @@ pub struct Settings {
     pub credentials: RotatorCredentials,
     pub region: String,
     pub endpoints: Endpoints,
-    pub template: SecretPathTemplate,
-    pub max_concurrency: usize,
+    pub rules: RotationRules,
 }
 
 impl Settings {
@@ -68,12 +69,17 @@ impl Settings {
                 _ => bail!("variable max_concurrency must be a whole number from 1 to {MAX_CONCURRENCY_LIMIT}, got {text:?}"),
             },
         };
+        let allowed_roles = AllowedRoles::parse(&get("allowed_role_arns")?.unwrap_or_default())
+            .map_err(anyhow::Error::msg)?;
         Ok(Self {
             credentials,
             region: region.trim().to_owned(),
             endpoints,
-            template,
-            max_concurrency,
+            rules: RotationRules {
+                template,
+                allowed_roles,
+                max_concurrency,
+            },
         })
     }
 }
@@ -122,8 +128,12 @@ pub(crate) mod tests {
             settings.endpoints.sts,
             "https://sts.us-east-1.amazonaws.com"
         );
-        assert_eq!(settings.template, SecretPathTemplate::default());
-        assert_eq!(settings.max_concurrency, 32);
+        assert_eq!(settings.rules.template, SecretPathTemplate::default());
+        assert_eq!(settings.rules.max_concurrency, 32);
+        assert!(settings
+            .rules
+            .allowed_roles
+            .permits("arn:aws:iam::123456789012:role/any"));
         assert!(settings.credentials.session_token.is_none());
     }
 
@@ -135,16 +145,18 @@ pub(crate) mod tests {
             ("aws_session_token", "TOKEN"),
             ("secret_path_template", "/ci/{{.Team}}/{{.Account}}"),
             ("max_concurrency", "4"),
+            ("allowed_role_arns", "arn:aws:iam::*:role/ci-*"),
         ])
         .unwrap();
         assert_eq!(settings.region, "eu-central-1");
         assert_eq!(settings.endpoints.secrets_manager, "http://127.0.0.1:5000");
         assert!(settings.credentials.session_token.is_some());
-        assert_eq!(
-            settings.template.render("t", "a").unwrap().as_str(),
-            "/ci/t/a"
-        );
-        assert_eq!(settings.max_concurrency, 4);
+        let rules = &settings.rules;
+        assert_eq!(rules.template.render("t", "a").unwrap().as_str(), "/ci/t/a");
+        assert_eq!(rules.max_concurrency, 4);
+        assert!(!rules
+            .allowed_roles
+            .permits("arn:aws:iam::123456789012:role/admin"));
     }
 
     #[test]
@@ -164,6 +176,7 @@ pub(crate) mod tests {
             (("max_concurrency", "0"), "max_concurrency"),
             (("aws_region", "Mars"), "aws_region"),
             (("sts_endpoint_url", "nope"), "sts_endpoint_url"),
+            (("allowed_role_arns", "*"), "allowed_role_arns"),
         ] {
             let error = format!("{:#}", with(&[pair]).unwrap_err());
             assert!(error.contains(expected), "{error}");

@@ -55,15 +55,9 @@ async fn run() -> Result<TickSummary, String> {
         &settings.region,
         settings.endpoints.clone(),
     );
-    run_tick(
-        &store,
-        &client,
-        &settings.template,
-        settings.max_concurrency,
-        &StdoutSink,
-    )
-    .await
-    .map_err(|e| format!("{e:#}"))
+    run_tick(&store, &client, &settings.rules, &StdoutSink)
+        .await
+        .map_err(|e| format!("{e:#}"))
 }
 
 struct SpinVariables;

@@ -187,6 +187,15 @@ fn two_teams() -> Store {
 }
 
 fn tick(aws: &FakeAws, store: &Store, concurrency: usize) -> (TickSummary, Vec<Event>) {
+    let rules = RotationRules {
+        template: SecretPathTemplate::default(),
+        allowed_roles: AllowedRoles::default(),
+        max_concurrency: concurrency,
+    };
+    tick_with(aws, store, &rules)
+}
+
+fn tick_with(aws: &FakeAws, store: &Store, rules: &RotationRules) -> (TickSummary, Vec<Event>) {
     let client = AwsClient::new(
         aws,
         &RotatorCredentials {
@@ -201,10 +210,7 @@ fn tick(aws: &FakeAws, store: &Store, concurrency: usize) -> (TickSummary, Vec<E
         },
     );
     let events = Events::default();
-    let template = SecretPathTemplate::default();
-    let summary =
-        futures::executor::block_on(run_tick(store, &client, &template, concurrency, &events))
-            .unwrap();
+    let summary = futures::executor::block_on(run_tick(store, &client, rules, &events)).unwrap();
     (summary, events.0.into_inner())
 }
 
@@ -425,4 +431,22 @@ fn log_lines_carry_time_level_and_fields() {
     assert_eq!(line["code"], "AccessDenied");
     let info = Event::TickStarted { teams: 1 }.to_log_line(DateTime::UNIX_EPOCH);
     assert!(info.contains(r#""level":"info""#), "{info}");
+}
+
+#[test]
+fn roles_outside_the_allow_list_never_reach_sts() {
+    let rules = RotationRules {
+        template: SecretPathTemplate::default(),
+        allowed_roles: AllowedRoles::parse("arn:aws:iam::123456789012:role/ci").unwrap(),
+        max_concurrency: 4,
+    };
+    let aws = FakeAws::default();
+    let (summary, events) = tick_with(&aws, &two_teams(), &rules);
+    assert_eq!(summary.rotated, 2);
+    assert_eq!(summary.failed, ["alpha/prod (RoleNotAllowed)"]);
+    assert!(
+        !aws.calls.borrow().iter().any(|c| c.contains("ci-prod")),
+        "STS was called"
+    );
+    assert!(event_lines(&events).contains(r#""stage":"role_not_allowed""#));
 }

@@ -141,10 +141,10 @@ class Emulator:
         )["Credentials"]
         return self.client("iam", creds["AccessKeyId"], creds["SecretAccessKey"], creds["SessionToken"])
 
-    def ci_role(self, account, name="concourse-ci"):
+    def ci_role(self, account, name="concourse-ci", trust_policy="ci-role-trust-policy.json"):
         """A team's CI role, trusting the rotator as the documented trust policy does."""
         documented = f"arn:aws:iam::{HOME_ACCOUNT}:user/{ROTATOR_USER}"
-        trust = policy("ci-role-trust-policy.json", **{documented: self.rotator_principal})
+        trust = policy(trust_policy, **{documented: self.rotator_principal})
         role = self.iam_in(account).create_role(RoleName=name, AssumeRolePolicyDocument=trust)
         return role["Role"]["Arn"]
 
@@ -220,10 +220,12 @@ class Emulator:
         """Who the credentials in a triple are, according to STS."""
         return self.client("sts", *triple).get_caller_identity()["Arn"]
 
-    def all_secret_values(self):
+    def secret_names(self):
         sm = self.admin_client("secretsmanager")
-        names = [s["Name"] for page in sm.get_paginator("list_secrets").paginate() for s in page["SecretList"]]
-        return [self.secret(name) for name in names]
+        return sorted(s["Name"] for page in sm.get_paginator("list_secrets").paginate() for s in page["SecretList"])
+
+    def all_secret_values(self):
+        return [self.secret(name) for name in self.secret_names()]
 
 
 def account(name, role_arn, **extra):

@@ -1,0 +1,77 @@
+"""Hostile input: no team document, name or template reaches another team's secrets, and
+the operator's role allow-list and a team's external id hold."""
+
+import json
+
+from emulator import HOME_ACCOUNT, account, team
+
+ALPHA = ["/concourse/alpha/dev-access-key", "/concourse/alpha/dev-secret-key", "/concourse/alpha/dev-session-token"]
+
+
+def test_names_built_to_escape_are_refused_and_write_nothing(aws):
+    role = aws.ci_role(HOME_ACCOUNT)
+    keys = aws.rotator()
+    aws.enforce()
+    hostile = {
+        "team/evil": team("evil", account("../alpha/dev", role)),
+        "team/evil2": team("evil2", account("x/../../alpha/dev", role)),
+        "team/../alpha": team("../alpha", account("dev", role)),
+        "team/alpha/dev": team("alpha/dev", account("x", role)),
+        "team/alpha ": team("alpha ", account("dev", role)),
+        "team/evil3": team("evil3", account("dev\n", role)),
+        "team/\u00e9quipe": team("\u00e9quipe", account("dev", role)),
+        "team/evil4": team("evil4", account("dev", role), account("dev", role)),
+    }
+    raw = [(key, json.dumps(doc)) for key, doc in hostile.items()]
+    run = aws.run(aws.variables(keys), [team("alpha", account("dev", role))], raw)
+    assert run.returncode == 1
+    assert run.rotated() == {("alpha", "dev")}
+    assert aws.secret_names() == ALPHA
+    invalid = {e["key"]: e["problems"] for e in run.of("team_invalid")}
+    assert set(invalid) == set(hostile)
+    assert invalid["team/evil"][0] == {
+        "field": "accounts[0].name",
+        "reason": "may hold only ASCII letters, digits, '_', '.' and '-', found '/'",
+    }
+    assert invalid["team/evil3"][0]["reason"].endswith("found U+000A")
+    assert aws.caller(aws.triple("/concourse/alpha/dev")).endswith("assumed-role/concourse-ci/alpha")
+
+
+def test_templates_built_to_mix_teams_stop_the_tick(aws):
+    role = aws.ci_role(HOME_ACCOUNT)
+    keys = aws.rotator()
+    aws.enforce()
+    teams = [team("alpha", account("dev", role)), team("alph", account("adev", role))]
+    for template in ["/concourse/{{.Team}}{{.Account}}", "/concourse/{{.Team}}-{{.Account}}", "/concourse/{{.Account}}/{{.Team}}/x"]:
+        run = aws.run(aws.variables(keys, secret_path_template=template), teams)
+        assert run.returncode == 1
+        [failure] = run.of("tick_failed")
+        assert "secret_path_template" in failure["error"]
+    assert aws.secret_names() == []
+
+
+def test_roles_outside_allowed_role_arns_are_refused_before_sts(aws):
+    allowed = aws.ci_role(HOME_ACCOUNT)
+    other = aws.ci_role(HOME_ACCOUNT, "concourse-ci-other")
+    keys = aws.rotator()
+    aws.enforce()
+    teams = [team("alpha", account("dev", allowed), account("other", other))]
+    run = aws.run(aws.variables(keys, allowed_role_arns=f"arn:aws:iam::*:role/concourse-ci"), teams)
+    assert run.returncode == 1
+    assert run.rotated() == {("alpha", "dev")}
+    [failure] = run.of("account_failed")
+    assert (failure["account"], failure["stage"], failure["code"]) == ("other", "role_not_allowed", "RoleNotAllowed")
+    assert aws.secret_names() == ALPHA
+
+
+def test_an_external_id_is_sent_to_sts(aws):
+    role = aws.ci_role(HOME_ACCOUNT, trust_policy="ci-role-trust-policy-external-id.json")
+    keys = aws.rotator()
+    aws.enforce()
+    # moto only evaluates sts:ExternalId when the request carries one (AWS also refuses a
+    # missing one), so a wrong id being refused is what proves the id is sent.
+    wrong = aws.run(aws.variables(keys), [team("alpha", account("dev", role, externalId="guess-1234"))])
+    assert [e["code"] for e in wrong.of("account_failed")] == ["AccessDenied"]
+    right = aws.run(aws.variables(keys), [team("alpha", account("dev", role, externalId="example-team-7d3c"))])
+    assert right.returncode == 0, right.stdout
+    assert aws.caller(aws.triple("/concourse/alpha/dev")).endswith("assumed-role/concourse-ci/alpha")
