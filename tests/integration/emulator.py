@@ -227,6 +227,15 @@ class Emulator:
     def all_secret_values(self):
         return [self.secret(name) for name in self.secret_names()]
 
+    def issued_credentials(self):
+        """Every credential value moto handed out: all AssumeRole sessions (written or
+        not), every secret's value, and the rotator's own keys."""
+        data = json.loads(urllib.request.urlopen(self.url + "/moto-api/data.json", timeout=10).read())
+        sessions = data.get("sts", {}).get("AssumedRole", [])
+        values = [s[k] for s in sessions for k in ("access_key_id", "secret_access_key", "session_token")]
+        values += [v for v in self.all_secret_values() if v]
+        return [v for v in values + self.rotator_secrets if v]
+
 
 def account(name, role_arn, **extra):
     return {"name": name, "roleArn": role_arn, **extra}

@@ -1,0 +1,122 @@
+"""A fault-injecting HTTP proxy between the host and moto_server.
+
+Each request is forwarded to moto unchanged (so signatures still verify) unless the seeded
+random draw picks a fault: HTTP 500/503, throttling in the shape of the protocol asked
+(STS XML `Throttling`, Secrets Manager JSON `ThrottlingException`), added latency, a
+connection reset, a truncated body, garbage, or an endless body.
+"""
+
+import http.client
+import random
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlparse
+
+KINDS = ("http500", "http503", "throttle", "latency", "reset", "truncated", "garbage", "huge")
+
+
+class FaultProxy:
+    def __init__(self, upstream, kinds=KINDS, rate=0.0, seed=7, latency=0.2):
+        self.upstream = urlparse(upstream)
+        self.kinds = list(kinds)
+        self.rate = rate
+        self.latency = latency
+        self.random = random.Random(seed)
+        self.lock = threading.Lock()
+        self.injected = []
+        self.forwarded = 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                proxy.handle(self, body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def draw(self):
+        with self.lock:
+            if self.random.random() < self.rate:
+                kind = self.random.choice(self.kinds)
+                self.injected.append(kind)
+                return kind
+            self.forwarded += 1
+            return None
+
+    def handle(self, handler, body):
+        kind = self.draw()
+        is_json = "X-Amz-Target" in handler.headers
+        if kind == "latency":
+            threading.Event().wait(self.latency)
+            kind = None
+        if kind is None:
+            status, headers, payload = self.forward(handler, body)
+            reply(handler, status, payload, headers.get("Content-Type"))
+        elif kind in ("http500", "http503"):
+            reply(handler, int(kind[4:]), b"<html>upstream unavailable</html>", "text/html")
+        elif kind == "throttle":
+            if is_json:
+                reply(handler, 400, b'{"__type":"ThrottlingException","message":"Rate exceeded"}', "application/x-amz-json-1.1")
+            else:
+                throttled = b"<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error></ErrorResponse>"
+                reply(handler, 400, throttled, "text/xml")
+        elif kind == "reset":
+            handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            handler.close_connection = True
+            handler.connection.close()
+        elif kind == "truncated":
+            status, headers, payload = self.forward(handler, body)
+            handler.send_response(status)
+            handler.send_header("Content-Length", str(len(payload)))
+            handler.end_headers()
+            handler.wfile.write(payload[: len(payload) // 2])
+            handler.close_connection = True
+            handler.connection.shutdown(socket.SHUT_RDWR)
+        elif kind == "garbage":
+            reply(handler, 200, bytes(self.random.getrandbits(8) for _ in range(200)), "text/xml")
+        elif kind == "huge":
+            handler.send_response(200)
+            handler.send_header("Transfer-Encoding", "chunked")
+            handler.end_headers()
+            chunk = b"<" * 65536
+            try:
+                for _ in range(64):  # 4 MiB, far past the component's limit
+                    handler.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                handler.wfile.write(b"0\r\n\r\n")
+            except OSError:
+                pass
+            handler.close_connection = True
+
+    def forward(self, handler, body):
+        connection = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=30)
+        headers = {k: v for k, v in handler.headers.items() if k.lower() not in ("connection",)}
+        connection.request("POST", handler.path, body=body, headers=headers)
+        response = connection.getresponse()
+        payload = response.read()
+        connection.close()
+        return response.status, dict(response.getheaders()), payload
+
+
+def reply(handler, status, payload, content_type):
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type or "application/octet-stream")
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    handler.wfile.write(payload)
