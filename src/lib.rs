@@ -11,11 +11,17 @@
 //! key-value store, variables and outbound HTTP.
 
 pub mod aws;
+pub mod clock;
 pub mod config;
+pub mod lease;
 pub mod names;
+pub mod pace;
+pub mod retry;
 pub mod roles;
 pub mod rotate;
 pub mod settings;
+pub mod state;
+pub mod store;
 pub mod template;
 
 #[cfg(target_arch = "wasm32")]

@@ -1,13 +1,16 @@
 //! The application variables, read once per tick and checked before any AWS call, so a
 //! misconfiguration is one clear error naming the variable.
 
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
 use anyhow::{bail, Context};
 
 use crate::aws::client::EndpointOverrides;
 use crate::aws::{Endpoints, RotatorCredentials};
 use crate::roles::AllowedRoles;
 use crate::rotate::RotationRules;
-use crate::template::SecretPathTemplate;
+use crate::state::Timing;
 
 /// Reads one application variable; `None` (or an empty string) means unset.
 pub trait Variables {
@@ -17,8 +20,8 @@ pub trait Variables {
 /// The region used when `aws_region` is not set.
 pub const DEFAULT_REGION: &str = "us-east-1";
 /// How many accounts are rotated at once when `max_concurrency` is not set.
-pub const DEFAULT_MAX_CONCURRENCY: usize = 32;
-const MAX_CONCURRENCY_LIMIT: usize = 256;
+pub const DEFAULT_MAX_CONCURRENCY: u64 = 32;
+const MAX_CONCURRENCY_LIMIT: u64 = 256;
 
 /// Everything a tick needs to know, validated.
 #[derive(Debug)]
@@ -58,28 +61,86 @@ impl Settings {
         };
         let endpoints =
             Endpoints::resolve(region.trim(), &overrides).map_err(anyhow::Error::msg)?;
+        let defaults = RotationRules::default();
         let template = match get("secret_path_template")? {
             Some(text) => text.parse()?,
-            None => SecretPathTemplate::default(),
+            None => defaults.template,
         };
-        let max_concurrency = match get("max_concurrency")? {
-            None => DEFAULT_MAX_CONCURRENCY,
-            Some(text) => match text.trim().parse::<usize>() {
-                Ok(n) if (1..=MAX_CONCURRENCY_LIMIT).contains(&n) => n,
-                _ => bail!("variable max_concurrency must be a whole number from 1 to {MAX_CONCURRENCY_LIMIT}, got {text:?}"),
-            },
+        let secret_format = match get("secret_format")? {
+            Some(text) => text.parse().map_err(anyhow::Error::msg)?,
+            None => defaults.secret_format,
         };
         let allowed_roles = AllowedRoles::parse(&get("allowed_role_arns")?.unwrap_or_default())
             .map_err(anyhow::Error::msg)?;
+        let number =
+            |name: &str, range: RangeInclusive<u64>, default: u64| -> anyhow::Result<u64> {
+                let Some(text) = get(name)? else {
+                    return Ok(default);
+                };
+                match text.trim().parse::<u64>() {
+                    Ok(n) if range.contains(&n) => Ok(n),
+                    _ => bail!(
+                        "variable {name} must be a whole number from {} to {}, got {text:?}",
+                        range.start(),
+                        range.end()
+                    ),
+                }
+            };
+        let duration = |name: &str,
+                        range: RangeInclusive<Duration>,
+                        default: Duration|
+         -> anyhow::Result<Duration> {
+            let Some(text) = get(name)? else {
+                return Ok(default);
+            };
+            let text = text.trim();
+            let parsed = match text.parse::<u64>() {
+                Ok(seconds) => Ok(Duration::from_secs(seconds)),
+                Err(_) => humantime::parse_duration(text),
+            };
+            match parsed {
+                Ok(value) if range.contains(&value) => Ok(value),
+                _ => bail!(
+                    "variable {name} must be a duration from {} to {} (such as 30m or 1800), got {text:?}",
+                    humantime::format_duration(*range.start()),
+                    humantime::format_duration(*range.end())
+                ),
+            }
+        };
+        let minutes = |m: u64| Duration::from_secs(m * 60);
+        let rules = RotationRules {
+            template,
+            secret_format,
+            allowed_roles,
+            max_concurrency: number(
+                "max_concurrency",
+                1..=MAX_CONCURRENCY_LIMIT,
+                DEFAULT_MAX_CONCURRENCY,
+            )? as usize,
+            timing: Timing {
+                rotate_before_expiry: duration(
+                    "rotate_before_expiry",
+                    minutes(5)..=minutes(700),
+                    defaults.timing.rotate_before_expiry,
+                )?,
+            },
+            tick_budget: duration(
+                "tick_budget",
+                Duration::from_secs(30)..=minutes(60),
+                defaults.tick_budget,
+            )?,
+            writes_per_second: number(
+                "secretsmanager_writes_per_second",
+                0..=50,
+                u64::from(defaults.writes_per_second),
+            )? as u32,
+            ..defaults
+        };
         Ok(Self {
             credentials,
             region: region.trim().to_owned(),
             endpoints,
-            rules: RotationRules {
-                template,
-                allowed_roles,
-                max_concurrency,
-            },
+            rules,
         })
     }
 }
@@ -128,7 +189,10 @@ pub(crate) mod tests {
             settings.endpoints.sts,
             "https://sts.us-east-1.amazonaws.com"
         );
-        assert_eq!(settings.rules.template, SecretPathTemplate::default());
+        assert_eq!(
+            settings.rules.template,
+            crate::template::SecretPathTemplate::default()
+        );
         assert_eq!(settings.rules.max_concurrency, 32);
         assert!(settings
             .rules
@@ -146,6 +210,10 @@ pub(crate) mod tests {
             ("secret_path_template", "/ci/{{.Team}}/{{.Account}}"),
             ("max_concurrency", "4"),
             ("allowed_role_arns", "arn:aws:iam::*:role/ci-*"),
+            ("rotate_before_expiry", "20m"),
+            ("tick_budget", "90"),
+            ("secretsmanager_writes_per_second", "0"),
+            ("secret_format", "both"),
         ])
         .unwrap();
         assert_eq!(settings.region, "eu-central-1");
@@ -177,6 +245,13 @@ pub(crate) mod tests {
             (("aws_region", "Mars"), "aws_region"),
             (("sts_endpoint_url", "nope"), "sts_endpoint_url"),
             (("allowed_role_arns", "*"), "allowed_role_arns"),
+            (("rotate_before_expiry", "1m"), "rotate_before_expiry"),
+            (("tick_budget", "soon"), "tick_budget"),
+            (
+                ("secretsmanager_writes_per_second", "51"),
+                "secretsmanager_writes_per_second",
+            ),
+            (("secret_format", "xml"), "secret_format"),
         ] {
             let error = format!("{:#}", with(&[pair]).unwrap_err());
             assert!(error.contains(expected), "{error}");

@@ -11,14 +11,15 @@ use spin_sdk::http::IncomingResponse;
 use spin_sdk::key_value::Store;
 
 use crate::aws::{AwsClient, HttpResponse, Transport, TransportError};
-use crate::rotate::{run_tick, Event, EventSink, TeamStore, TickSummary};
+use crate::clock::Clock;
+use crate::rotate::{Engine, Event, EventSink, TickSummary};
 use crate::settings::{Settings, Variables};
+use crate::store::KeyValue;
 
 wit_bindgen::generate!({ world: "spin-cron", path: "wit" });
 
-/// How long one AWS request may take before it counts as a transport failure: a silent
-/// endpoint must not hold a tick (the host starts the next one regardless).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+use spin_sdk::wit::wasi::keyvalue as wasi_keyvalue;
+
 /// AWS's answers here are a few kilobytes; anything bigger is refused, not buffered.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
@@ -48,16 +49,24 @@ async fn tick() -> Result<(), String> {
 
 async fn run() -> Result<TickSummary, String> {
     let settings = Settings::from_variables(&SpinVariables).map_err(|e| format!("{e:#}"))?;
-    let store = Store::open_default().map_err(|e| format!("opening key-value store: {e}"))?;
+    let store = SpinStore::open().map_err(|e| format!("opening key-value store: {e:#}"))?;
+    let transport = SpinTransport {
+        timeout: settings.rules.request_timeout,
+    };
     let client = AwsClient::new(
-        SpinTransport,
+        transport,
         &settings.credentials,
         &settings.region,
         settings.endpoints.clone(),
     );
-    run_tick(&store, &client, &settings.rules, &StdoutSink)
-        .await
-        .map_err(|e| format!("{e:#}"))
+    let engine = Engine {
+        client: &client,
+        clock: &WasiClock,
+        store: &store,
+        sink: &StdoutSink,
+        rules: &settings.rules,
+    };
+    engine.run_tick().await.map_err(|e| format!("{e:#}"))
 }
 
 struct SpinVariables;
@@ -72,14 +81,81 @@ impl Variables for SpinVariables {
     }
 }
 
-impl TeamStore for Store {
+/// Spin's default store, and the same store through `wasi:keyvalue` for its
+/// compare-and-swap, which Spin's own interface lacks.
+struct SpinStore {
+    store: Store,
+    bucket: wasi_keyvalue::store::Bucket,
+}
+
+impl SpinStore {
+    fn open() -> anyhow::Result<Self> {
+        Ok(Self {
+            store: Store::open_default()?,
+            bucket: wasi_keyvalue::store::open("default").map_err(|e| anyhow::anyhow!("{e:?}"))?,
+        })
+    }
+}
+
+impl KeyValue for SpinStore {
     fn keys(&self) -> anyhow::Result<Vec<String>> {
-        self.get_keys()
+        self.store
+            .get_keys()
             .map_err(|e| anyhow::anyhow!("listing keys: {e}"))
     }
 
     fn get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        Store::get(self, key).map_err(|e| anyhow::anyhow!("reading {key}: {e}"))
+        self.store
+            .get(key)
+            .map_err(|e| anyhow::anyhow!("reading {key}: {e}"))
+    }
+
+    fn set(&self, key: &str, value: &[u8]) -> anyhow::Result<()> {
+        self.store
+            .set(key, value)
+            .map_err(|e| anyhow::anyhow!("writing {key}: {e}"))
+    }
+
+    fn delete(&self, key: &str) -> anyhow::Result<()> {
+        self.store
+            .delete(key)
+            .map_err(|e| anyhow::anyhow!("deleting {key}: {e}"))
+    }
+
+    fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> anyhow::Result<bool> {
+        use wasi_keyvalue::atomics::{swap, Cas, CasError};
+        let cas = Cas::new(&self.bucket, key).map_err(|e| anyhow::anyhow!("{key}: {e:?}"))?;
+        let current = cas.current().map_err(|e| anyhow::anyhow!("{key}: {e:?}"))?;
+        if current.as_deref() != expected {
+            return Ok(false);
+        }
+        match swap(cas, new) {
+            Ok(()) => Ok(true),
+            Err(CasError::CasFailed(_)) => Ok(false),
+            Err(CasError::StoreError(e)) => Err(anyhow::anyhow!("{key}: {e:?}")),
+        }
+    }
+}
+
+/// Time from WASI's clocks, chance from its random source.
+struct WasiClock;
+
+impl Clock for WasiClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now()
+    }
+
+    async fn sleep(&self, duration: Duration) {
+        Sleep::new(duration).await
+    }
+
+    fn random_fraction(&self) -> f64 {
+        (wasi::random::random::get_random_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -91,8 +167,12 @@ impl EventSink for StdoutSink {
     }
 }
 
-/// Spin's outbound HTTP, with a deadline and a cap on the answer's size.
-struct SpinTransport;
+/// Spin's outbound HTTP, with a deadline and a cap on the answer's size. spin-sdk 5.2's
+/// `send` takes no `wasi:http` request options, so the deadline races a WASI timer: it
+/// covers connecting, the first byte and the whole body alike.
+struct SpinTransport {
+    timeout: Duration,
+}
 
 impl Transport for SpinTransport {
     async fn send(&self, request: http::Request<Vec<u8>>) -> Result<HttpResponse, TransportError> {
@@ -103,11 +183,11 @@ impl Transport for SpinTransport {
             read_limited(response).await
         };
         futures::pin_mut!(exchange);
-        match futures::future::select(exchange, Sleep::new(REQUEST_TIMEOUT)).await {
+        match futures::future::select(exchange, Sleep::new(self.timeout)).await {
             futures::future::Either::Left((result, _)) => result,
             futures::future::Either::Right(_) => Err(TransportError(format!(
                 "no complete answer within {}s",
-                REQUEST_TIMEOUT.as_secs()
+                self.timeout.as_secs()
             ))),
         }
     }

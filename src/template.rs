@@ -169,6 +169,51 @@ impl SecretPathTemplate {
     }
 }
 
+/// How an account's credentials are laid out in Secrets Manager (`secret_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SecretFormat {
+    /// The Lambda's layout: `<path>-access-key`, `<path>-secret-key`, `<path>-session-token`.
+    #[default]
+    Split,
+    /// One secret at `<path>` holding a JSON object, written atomically.
+    Json,
+    /// Both of the above.
+    Both,
+}
+
+impl FromStr for SecretFormat {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim() {
+            "split" => Ok(Self::Split),
+            "json" => Ok(Self::Json),
+            "both" => Ok(Self::Both),
+            other => Err(format!(
+                "secret_format {other:?} must be split, json or both"
+            )),
+        }
+    }
+}
+
+impl SecretFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Split => "split",
+            Self::Json => "json",
+            Self::Both => "both",
+        }
+    }
+
+    pub fn split(self) -> bool {
+        matches!(self, Self::Split | Self::Both)
+    }
+
+    pub fn json(self) -> bool {
+        matches!(self, Self::Json | Self::Both)
+    }
+}
+
 /// The rendered path of one account; the three secret names hang off it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(transparent)]
@@ -256,6 +301,19 @@ mod tests {
     fn literal_text_must_be_a_valid_secret_name() {
         assert!(reason("/concourse space/{{.Team}}/{{.Account}}").contains("U+0020"));
         assert!(reason("/concourse/{{.Team}}/*{{.Account}}").contains("'*'"));
+    }
+
+    #[test]
+    fn secret_formats() {
+        assert_eq!("split".parse(), Ok(SecretFormat::Split));
+        assert_eq!(" json ".parse(), Ok(SecretFormat::Json));
+        assert_eq!("both".parse(), Ok(SecretFormat::Both));
+        assert!("yaml"
+            .parse::<SecretFormat>()
+            .unwrap_err()
+            .contains("secret_format"));
+        assert!(SecretFormat::Both.split() && SecretFormat::Both.json());
+        assert!(!SecretFormat::Json.split() && !SecretFormat::Split.json());
     }
 
     #[test]

@@ -30,6 +30,16 @@ pub trait Transport {
     ) -> impl Future<Output = Result<HttpResponse, TransportError>>;
 }
 
+/// Waits for a Secrets Manager write's turn (see [`crate::pace`]).
+pub trait Pace {
+    fn wait_turn(&self) -> impl Future<Output = ()>;
+}
+
+/// No pacing.
+impl Pace for () {
+    async fn wait_turn(&self) {}
+}
+
 /// Where the two services are reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoints {
@@ -159,32 +169,33 @@ impl<T: Transport> AwsClient<T> {
     /// Writes one secret: a new version if it exists, else the secret itself.
     pub async fn write_secret(
         &self,
+        pace: &impl Pace,
         name: &str,
         value: &str,
         team: &str,
         account: &str,
     ) -> Result<Written, AwsError> {
-        match self
-            .secrets_manager(secrets::put_secret_value(name, value))
-            .await
-        {
+        let put = || self.secrets_manager(pace, secrets::put_secret_value(name, value));
+        match put().await {
             Err(error) if error.code() == Some(secrets::NOT_FOUND) => {}
             other => return other.map(|()| Written::Updated),
         }
-        match self
-            .secrets_manager(secrets::create_secret(name, value, team, account))
-            .await
-        {
+        let create = secrets::create_secret(name, value, team, account);
+        match self.secrets_manager(pace, create).await {
             // Another writer created it in between: our value still has to land.
-            Err(error) if error.code() == Some(secrets::ALREADY_EXISTS) => self
-                .secrets_manager(secrets::put_secret_value(name, value))
-                .await
-                .map(|()| Written::Updated),
+            Err(error) if error.code() == Some(secrets::ALREADY_EXISTS) => {
+                put().await.map(|()| Written::Updated)
+            }
             other => other.map(|()| Written::Created),
         }
     }
 
-    async fn secrets_manager(&self, operation: Operation) -> Result<(), AwsError> {
+    async fn secrets_manager(
+        &self,
+        pace: &impl Pace,
+        operation: Operation,
+    ) -> Result<(), AwsError> {
+        pace.wait_turn().await;
         let url = format!("{}/", self.endpoints.secrets_manager);
         let builder = http::Request::post(url)
             .header(http::header::CONTENT_TYPE, secrets::CONTENT_TYPE)

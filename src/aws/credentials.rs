@@ -63,6 +63,21 @@ impl AssumedCredentials {
     }
 }
 
+impl AssumedCredentials {
+    /// The single-secret layout: one JSON object, so a reader can never see a mix.
+    pub fn json_document(&self) -> SecretString {
+        let [access_key_id, secret_access_key, session_token] = self.secret_values();
+        serde_json::json!({
+            "access_key_id": access_key_id,
+            "secret_access_key": secret_access_key,
+            "session_token": session_token,
+            "expiration": self.expiration.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        })
+        .to_string()
+        .into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +107,11 @@ mod tests {
             assert!(!printed.contains(secret), "{printed}");
         }
         assert!(printed.contains("has_session_token: true"));
+        let document: serde_json::Value =
+            serde_json::from_str(assumed.json_document().expose_secret()).unwrap();
+        assert_eq!(document["access_key_id"], "ASIAVALUE");
+        assert_eq!(document["secret_access_key"], "ASSUMEDSECRET");
+        assert_eq!(document["session_token"], "ASSUMEDTOKEN");
+        assert_eq!(document["expiration"], "1970-01-01T00:00:00Z");
     }
 }

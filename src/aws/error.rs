@@ -54,6 +54,11 @@ impl AwsError {
         }
     }
 
+    /// Appends a note to the human-readable part, keeping the code and class.
+    pub fn annotated(self, note: &str) -> Self {
+        self.map_text(|text| format!("{text}{note}"))
+    }
+
     /// Replaces every occurrence of the given secret values, so that an error message
     /// that echoes part of a request can be logged safely.
     pub fn redacted(self, secrets: &[&str]) -> Self {
@@ -64,7 +69,6 @@ impl AwsError {
                 .fold(text, |text, secret| text.replace(secret, "[REDACTED]"))
         };
         match self {
-            AwsError::Transport(text) => AwsError::Transport(scrub(text)),
             AwsError::Service {
                 status,
                 code,
@@ -74,11 +78,27 @@ impl AwsError {
                 code: scrub(code),
                 message: scrub(message),
             },
+            other => other.map_text(scrub),
+        }
+    }
+
+    fn map_text(self, change: impl FnOnce(String) -> String) -> Self {
+        match self {
+            AwsError::Transport(text) => AwsError::Transport(change(text)),
+            AwsError::Service {
+                status,
+                code,
+                message,
+            } => AwsError::Service {
+                status,
+                code,
+                message: change(message),
+            },
             AwsError::Malformed { status, detail } => AwsError::Malformed {
                 status,
-                detail: scrub(detail),
+                detail: change(detail),
             },
-            AwsError::Request(text) => AwsError::Request(scrub(text)),
+            AwsError::Request(text) => AwsError::Request(change(text)),
         }
     }
 }

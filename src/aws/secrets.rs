@@ -73,12 +73,26 @@ struct JsonError {
     message: String,
 }
 
-/// Checks a write's answer: any 2xx is success, anything else a typed error. The code is
-/// read from `__type` (dropping a `prefix#`), never guessed from the status: moto answers
+/// What a successful write answers; its `ARN` is what proves the write landed.
+#[derive(Deserialize)]
+struct WriteAnswer {
+    #[serde(rename = "ARN")]
+    arn: String,
+}
+
+/// Checks a write's answer: a 2xx carrying the secret's ARN is success (a garbled 200
+/// from a proxy is not), anything else a typed error. The code is read from `__type`
+/// (dropping a `prefix#`), never guessed from the status: moto answers
 /// `ResourceNotFoundException` with 404 where AWS uses 400.
 pub fn check_write(response: &HttpResponse) -> Result<(), AwsError> {
     if (200..300).contains(&response.status) {
-        return Ok(());
+        return match serde_json::from_slice::<WriteAnswer>(&response.body) {
+            Ok(answer) if !answer.arn.is_empty() => Ok(()),
+            _ => Err(AwsError::Malformed {
+                status: response.status,
+                detail: "a write answered without the secret's ARN".to_owned(),
+            }),
+        };
     }
     let parsed = serde_json::from_slice::<JsonError>(&response.body)
         .ok()
@@ -132,9 +146,22 @@ mod tests {
     }
 
     #[test]
-    fn success_is_any_2xx() {
-        assert_eq!(check_write(&answer(200, "{}")), Ok(()));
-        assert_eq!(check_write(&answer(200, "")), Ok(()));
+    fn success_is_a_2xx_naming_the_secret() {
+        let landed = r#"{"ARN":"arn:aws:secretsmanager:us-east-1:123456789012:secret:/c/t/a-AbCdEf","Name":"/c/t/a","VersionId":"v1"}"#;
+        assert_eq!(check_write(&answer(200, landed)), Ok(()));
+        for garbled in [
+            "",
+            "{}",
+            "{\"ARN\":\"\"}",
+            "\u{1}\u{2}",
+            "{\"ARN\":\"arn:aws",
+        ] {
+            let error = check_write(&answer(200, garbled)).unwrap_err();
+            assert!(
+                matches!(error, AwsError::Malformed { status: 200, .. }),
+                "{garbled:?}"
+            );
+        }
     }
 
     #[test]

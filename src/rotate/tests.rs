@@ -1,26 +1,52 @@
-//! The tick against an in-memory AWS: the engine's behaviour without the runtime.
+//! The tick against an in-memory AWS, store and clock: the engine's behaviour without
+//! the runtime.
 
 use super::*;
 use crate::aws::client::Endpoints;
 use crate::aws::{HttpResponse, RotatorCredentials, TransportError};
+use crate::clock::tests::ManualClock;
+use crate::lease::LEASE_KEY;
+use crate::store::tests::MemoryStore;
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-/// STS and Secrets Manager in memory, with failures to order.
-#[derive(Default)]
+/// STS and Secrets Manager in memory, with failures to order and a clock that each
+/// request advances by `latency`.
 struct FakeAws {
+    clock: ManualClock,
+    latency: Duration,
     secrets: RefCell<BTreeMap<String, String>>,
     denied_roles: HashSet<String>,
     failing_secrets: HashSet<String>,
+    /// Role ARNs or secret names that fail with a retryable error this many more times.
+    flaky: RefCell<HashMap<String, u32>>,
     issued: Cell<usize>,
     /// Every credential value handed out, written or not.
     issued_values: RefCell<Vec<String>>,
     in_flight: Cell<usize>,
     max_in_flight: Cell<usize>,
     calls: RefCell<Vec<String>>,
+}
+
+impl Default for FakeAws {
+    fn default() -> Self {
+        Self {
+            clock: ManualClock::new(0.5),
+            latency: Duration::ZERO,
+            secrets: RefCell::default(),
+            denied_roles: HashSet::new(),
+            failing_secrets: HashSet::new(),
+            flaky: RefCell::default(),
+            issued: Cell::new(0),
+            issued_values: RefCell::default(),
+            in_flight: Cell::new(0),
+            max_in_flight: Cell::new(0),
+            calls: RefCell::default(),
+        }
+    }
 }
 
 /// Returns `Pending` once, so that concurrent requests really interleave.
@@ -61,16 +87,29 @@ impl FakeAws {
         }
     }
 
+    fn flaked(&self, key: &str) -> bool {
+        let mut flaky = self.flaky.borrow_mut();
+        match flaky.get_mut(key) {
+            Some(left) if *left > 0 => {
+                *left -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn sts(&self, body: &[u8]) -> HttpResponse {
         let form: BTreeMap<String, String> = form_urlencoded::parse(body).into_owned().collect();
-        self.calls
-            .borrow_mut()
-            .push(format!("AssumeRole {}", form["RoleArn"]));
-        if self.denied_roles.contains(&form["RoleArn"]) {
+        let role = &form["RoleArn"];
+        self.calls.borrow_mut().push(format!("AssumeRole {role}"));
+        if self.denied_roles.contains(role) {
             return reply(
                 403,
                 "<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>not authorized</Message></Error></ErrorResponse>",
             );
+        }
+        if self.flaked(role) {
+            return reply(400, "<ErrorResponse><Error><Code>Throttling</Code><Message>Rate exceeded</Message></Error></ErrorResponse>");
         }
         let n = self.issued.get() + 1;
         self.issued.set(n);
@@ -84,12 +123,14 @@ impl FakeAws {
             .borrow_mut()
             .extend(values.iter().cloned());
         let [key, secret, token] = values;
+        let seconds: i64 = form["DurationSeconds"].parse().unwrap();
+        let expiration = format_time(self.clock.now() + chrono::Duration::seconds(seconds));
         reply(
             200,
             format!(
                 "<AssumeRoleResponse><AssumeRoleResult><Credentials>\
                  <AccessKeyId>{key}</AccessKeyId><SecretAccessKey>{secret}</SecretAccessKey>\
-                 <SessionToken>{token}</SessionToken><Expiration>2030-01-01T00:00:00Z</Expiration>\
+                 <SessionToken>{token}</SessionToken><Expiration>{expiration}</Expiration>\
                  </Credentials></AssumeRoleResult></AssumeRoleResponse>"
             ),
         )
@@ -106,7 +147,16 @@ impl FakeAws {
             .to_owned();
         self.calls.borrow_mut().push(format!("{operation} {name}"));
         if self.failing_secrets.contains(&name) {
-            return reply(500, r#"{"__type":"InternalServiceError","message":"boom"}"#);
+            return reply(
+                400,
+                r#"{"__type":"AccessDeniedException","message":"boom"}"#,
+            );
+        }
+        if self.flaked(&name) {
+            return reply(
+                500,
+                r#"{"__type":"InternalServiceError","message":"try again"}"#,
+            );
         }
         let value = body["SecretString"].as_str().unwrap().to_owned();
         let mut secrets = self.secrets.borrow_mut();
@@ -120,10 +170,43 @@ impl FakeAws {
                 r#"{"__type":"ResourceExistsException","message":"exists"}"#,
             ),
             _ => {
+                let answer = format!(
+                    r#"{{"ARN":"arn:aws:secretsmanager:us-east-1:123456789012:secret:{name}-AbCdEf","Name":"{name}"}}"#
+                );
                 secrets.insert(name, value);
-                reply(200, "{}")
+                reply(200, answer)
             }
         }
+    }
+
+    fn secret(&self, name: &str) -> Option<String> {
+        self.secrets.borrow().get(name).cloned()
+    }
+
+    /// The triple at a path, checked to come from one AssumeRole.
+    fn consistent_triple(&self, path: &str) -> [String; 3] {
+        let triple = ["access-key", "secret-key", "session-token"].map(|suffix| {
+            self.secret(&format!("{path}-{suffix}"))
+                .unwrap_or_else(|| panic!("{path}-{suffix} missing"))
+        });
+        let n: usize = triple[0].trim_start_matches("ASIAFAKE").parse().unwrap();
+        assert!(
+            triple[1].starts_with(&format!("secret-{n}-")),
+            "mixed triple at {path}: {triple:?}"
+        );
+        assert!(
+            triple[2].starts_with(&format!("token-{n}-")),
+            "mixed triple at {path}: {triple:?}"
+        );
+        triple
+    }
+
+    fn count_calls(&self, prefix: &str) -> usize {
+        self.calls
+            .borrow()
+            .iter()
+            .filter(|c| c.starts_with(prefix))
+            .count()
     }
 }
 
@@ -133,27 +216,9 @@ impl Transport for &FakeAws {
         self.max_in_flight
             .set(self.max_in_flight.get().max(self.in_flight.get()));
         YieldOnce(false).await;
+        self.clock.advance(self.latency);
         self.in_flight.set(self.in_flight.get() - 1);
         Ok(self.answer(&request))
-    }
-}
-
-#[derive(Default)]
-struct Store(BTreeMap<String, Vec<u8>>);
-
-impl Store {
-    fn with(mut self, key: &str, document: &str) -> Self {
-        self.0.insert(key.to_owned(), document.as_bytes().to_vec());
-        self
-    }
-}
-
-impl TeamStore for Store {
-    fn keys(&self) -> anyhow::Result<Vec<String>> {
-        Ok(self.0.keys().cloned().collect())
-    }
-    fn get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        Ok(self.0.get(key).cloned())
     }
 }
 
@@ -166,6 +231,8 @@ impl EventSink for Events {
     }
 }
 
+const MINUTE: Duration = Duration::from_secs(60);
+
 fn team(name: &str, accounts: &[(&str, &str)]) -> String {
     let accounts: Vec<String> = accounts
         .iter()
@@ -176,8 +243,12 @@ fn team(name: &str, accounts: &[(&str, &str)]) -> String {
     format!(r#"{{"name":"{name}","accounts":[{}]}}"#, accounts.join(","))
 }
 
-fn two_teams() -> Store {
-    Store::default()
+fn role(name: &str) -> String {
+    format!("arn:aws:iam::123456789012:role/{name}")
+}
+
+fn two_teams() -> MemoryStore {
+    MemoryStore::default()
         .with(
             "team/alpha",
             &team("alpha", &[("dev", "ci"), ("prod", "ci-prod")]),
@@ -186,16 +257,22 @@ fn two_teams() -> Store {
         .with("unrelated/key", "not a team")
 }
 
-fn tick(aws: &FakeAws, store: &Store, concurrency: usize) -> (TickSummary, Vec<Event>) {
-    let rules = RotationRules {
-        template: SecretPathTemplate::default(),
-        allowed_roles: AllowedRoles::default(),
+fn rules(concurrency: usize) -> RotationRules {
+    RotationRules {
         max_concurrency: concurrency,
-    };
-    tick_with(aws, store, &rules)
+        ..RotationRules::default()
+    }
 }
 
-fn tick_with(aws: &FakeAws, store: &Store, rules: &RotationRules) -> (TickSummary, Vec<Event>) {
+fn tick(aws: &FakeAws, store: &MemoryStore) -> (TickSummary, Vec<Event>) {
+    tick_with(aws, store, &rules(8))
+}
+
+fn tick_with(
+    aws: &FakeAws,
+    store: &MemoryStore,
+    rules: &RotationRules,
+) -> (TickSummary, Vec<Event>) {
     let client = AwsClient::new(
         aws,
         &RotatorCredentials {
@@ -210,7 +287,14 @@ fn tick_with(aws: &FakeAws, store: &Store, rules: &RotationRules) -> (TickSummar
         },
     );
     let events = Events::default();
-    let summary = futures::executor::block_on(run_tick(store, &client, rules, &events)).unwrap();
+    let engine = Engine {
+        client: &client,
+        clock: &aws.clock,
+        store,
+        sink: &events,
+        rules,
+    };
+    let summary = futures::executor::block_on(engine.run_tick()).unwrap();
     (summary, events.0.into_inner())
 }
 
@@ -222,38 +306,49 @@ fn event_lines(events: &[Event]) -> String {
         .join("\n")
 }
 
+fn state(store: &MemoryStore, team: &str) -> TeamState {
+    serde_json::from_str(&store.text(&format!("state/{team}")).unwrap()).unwrap()
+}
+
+fn rotated(events: &[Event]) -> Vec<(String, String, RotateReason)> {
+    let mut rotated: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::AccountRotated {
+                team,
+                account,
+                reason,
+                ..
+            } => Some((team.clone(), account.clone(), *reason)),
+            _ => None,
+        })
+        .collect();
+    rotated.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    rotated
+}
+
 #[test]
 fn rotates_every_account_of_every_team_into_the_lambda_layout() {
     let aws = FakeAws::default();
-    let (summary, events) = tick(&aws, &two_teams(), 8);
+    let store = two_teams();
+    let (summary, events) = tick(&aws, &store);
     assert_eq!(summary.clone().into_result(), Ok(()));
     assert_eq!((summary.accounts, summary.rotated), (3, 3));
-    let secrets = aws.secrets.borrow();
-    assert_eq!(secrets.len(), 9);
-    let access = &secrets["/concourse/alpha/dev-access-key"];
-    let n: usize = access.trim_start_matches("ASIAFAKE").parse().unwrap();
-    assert_eq!(
-        secrets["/concourse/alpha/dev-secret-key"],
-        format!("secret-{n}-alpha")
+    assert_eq!(aws.secrets.borrow().len(), 9);
+    aws.consistent_triple("/concourse/alpha/dev");
+    aws.consistent_triple("/concourse/alpha/prod");
+    let [_, _, token] = aws.consistent_triple("/concourse/beta/lab");
+    assert!(
+        token.ends_with("-beta"),
+        "the session is named after the team"
     );
-    assert_eq!(
-        secrets["/concourse/alpha/dev-session-token"],
-        format!("token-{n}-alpha")
-    );
-    assert!(secrets["/concourse/beta/lab-session-token"].ends_with("-beta"));
-    let rotated: Vec<_> = events
+    assert!(rotated(&events)
         .iter()
-        .filter(|e| {
-            matches!(
-                e,
-                Event::AccountRotated {
-                    secrets_created: 3,
-                    ..
-                }
-            )
-        })
-        .collect();
-    assert_eq!(rotated.len(), 3);
+        .all(|(_, _, reason)| *reason == RotateReason::NeverWritten));
+    let alpha = state(&store, "alpha");
+    let dev = &alpha.accounts["dev"];
+    assert!(!dev.incomplete && dev.consecutive_failures == 0);
+    assert_eq!(dev.written_at, Some(aws.clock.now()));
     assert!(matches!(
         events.first(),
         Some(Event::TickStarted { teams: 2 })
@@ -268,110 +363,398 @@ fn rotates_every_account_of_every_team_into_the_lambda_layout() {
             ..
         })
     ));
+    assert!(store.text(LEASE_KEY).is_some(), "the lease was taken");
 }
 
 #[test]
-fn a_second_tick_replaces_every_value_with_put_secret_value() {
+fn fresh_accounts_are_skipped_until_they_near_expiry() {
     let aws = FakeAws::default();
     let store = two_teams();
-    tick(&aws, &store, 8);
+    tick(&aws, &store);
     let first = aws.secrets.borrow().clone();
     aws.calls.borrow_mut().clear();
-    let (summary, events) = tick(&aws, &store, 8);
-    assert_eq!(summary.rotated, 3);
-    let second = aws.secrets.borrow();
-    for (name, value) in first.iter() {
-        assert_ne!(&second[name], value, "{name} was not replaced");
-    }
-    let calls = aws.calls.borrow();
-    assert_eq!(
-        calls
-            .iter()
-            .filter(|c| c.starts_with("PutSecretValue"))
-            .count(),
-        9
+
+    let (summary, events) = tick(&aws, &store);
+    assert_eq!((summary.rotated, summary.skipped), (0, 3));
+    assert!(
+        aws.calls.borrow().is_empty(),
+        "a fresh tick makes no AWS call"
     );
-    assert!(!calls.iter().any(|c| c.starts_with("CreateSecret")));
-    assert!(events.iter().all(
-        |e| !matches!(e, Event::AccountRotated { secrets_created, .. } if *secrets_created != 0)
-    ));
+    assert!(event_lines(&events).contains(r#""reason":"written_recently""#));
+
+    aws.clock.advance(20 * MINUTE);
+    let (summary, events) = tick(&aws, &store);
+    assert_eq!(summary.skipped, 3);
+    assert!(event_lines(&events).contains(r#""reason":"fresh""#));
+    assert!(aws.calls.borrow().is_empty());
+
+    // One-hour credentials, 30 minutes before expiry, minus up to 5 minutes of jitter.
+    aws.clock.advance(10 * MINUTE);
+    let (summary, events) = tick(&aws, &store);
+    assert_eq!(summary.rotated, 3);
+    assert!(rotated(&events)
+        .iter()
+        .all(|(_, _, reason)| *reason == RotateReason::ExpiresSoon));
+    assert_eq!(aws.count_calls("PutSecretValue"), 9);
+    assert_eq!(aws.count_calls("CreateSecret"), 0);
+    let second = aws.secrets.borrow();
+    assert!(first.iter().all(|(name, value)| &second[name] != value));
 }
 
 #[test]
-fn bad_teams_and_denied_roles_fail_alone() {
+fn a_changed_configuration_rotates_once_ten_minutes_have_passed() {
+    let aws = FakeAws::default();
+    let store = MemoryStore::default().with("team/alpha", &team("alpha", &[("dev", "ci")]));
+    tick(&aws, &store);
+    store
+        .set("team/alpha", team("alpha", &[("dev", "ci-new")]).as_bytes())
+        .unwrap();
+    aws.clock.advance(5 * MINUTE);
+    let (summary, _) = tick(&aws, &store);
+    assert_eq!(summary.skipped, 1, "never twice within ten minutes");
+    aws.clock.advance(5 * MINUTE);
+    let (_, events) = tick(&aws, &store);
+    assert_eq!(
+        rotated(&events),
+        [("alpha".into(), "dev".into(), RotateReason::ConfigChanged)]
+    );
+    assert!(aws
+        .calls
+        .borrow()
+        .iter()
+        .any(|c| c == &format!("AssumeRole {}", role("ci-new"))));
+}
+
+#[test]
+fn bad_teams_and_denied_roles_fail_alone_and_are_retried_next_tick() {
     let aws = FakeAws {
-        denied_roles: ["arn:aws:iam::123456789012:role/ci-prod".to_owned()].into(),
+        denied_roles: [role("ci-prod")].into(),
         ..Default::default()
     };
     let store = two_teams()
         .with("team/broken", "{\"name\": \"broken\", ")
         .with("team/mismatch", &team("other", &[("x", "ci")]));
-    let (summary, events) = tick(&aws, &store, 8);
+    let (summary, events) = tick(&aws, &store);
     assert_eq!(summary.rotated, 2);
     assert_eq!(summary.failed, ["alpha/prod (AccessDenied)"]);
     assert_eq!(summary.invalid_teams, ["team/broken", "team/mismatch"]);
-    let error = summary.into_result().unwrap_err();
     assert_eq!(
-        error,
+        summary.into_result().unwrap_err(),
         "1 of 3 accounts failed: alpha/prod (AccessDenied); 2 invalid team documents: team/broken, team/mismatch"
     );
-    assert!(aws
-        .secrets
-        .borrow()
-        .contains_key("/concourse/alpha/dev-access-key"));
-    assert!(aws
-        .secrets
-        .borrow()
-        .contains_key("/concourse/beta/lab-access-key"));
-    assert!(!aws.secrets.borrow().keys().any(|k| k.contains("/prod-")));
     let failure = events
         .iter()
         .find(|e| matches!(e, Event::AccountFailed { .. }))
         .unwrap();
     let line = serde_json::to_value(failure).unwrap();
-    assert_eq!(line["team"], "alpha");
-    assert_eq!(line["account"], "prod");
-    assert_eq!(line["role_arn"], "arn:aws:iam::123456789012:role/ci-prod");
-    assert_eq!(line["stage"], "assume_role");
-    assert_eq!(line["code"], "AccessDenied");
-    let invalid = events
-        .iter()
-        .find_map(|e| match e {
-            Event::TeamInvalid { team, problems, .. } if team == "mismatch" => Some(problems),
-            _ => None,
-        })
-        .unwrap();
-    assert_eq!(invalid[0].field, "name");
+    assert_eq!(
+        (
+            &line["team"],
+            &line["account"],
+            &line["role_arn"],
+            &line["stage"],
+            &line["code"]
+        ),
+        (
+            &"alpha".into(),
+            &"prod".into(),
+            &role("ci-prod").into(),
+            &"assume_role".into(),
+            &"AccessDenied".into()
+        )
+    );
+    let prod = &state(&store, "alpha").accounts["prod"];
+    assert_eq!(prod.consecutive_failures, 1);
+    assert_eq!(
+        prod.last_error.as_ref().unwrap().code.as_deref(),
+        Some("AccessDenied")
+    );
+
+    aws.calls.borrow_mut().clear();
+    let (summary, _) = tick(&aws, &store);
+    assert_eq!(
+        aws.calls.borrow().as_slice(),
+        [format!("AssumeRole {}", role("ci-prod"))]
+    );
+    assert_eq!(
+        state(&store, "alpha").accounts["prod"].consecutive_failures,
+        2
+    );
+    assert_eq!(summary.skipped, 2);
 }
 
 #[test]
-fn a_failed_secret_write_names_what_was_not_written() {
+fn a_half_written_triple_is_rewritten_whole_by_the_next_tick() {
     let aws = FakeAws {
         failing_secrets: ["/concourse/beta/lab-session-token".to_owned()].into(),
         ..Default::default()
     };
-    let (summary, events) = tick(&aws, &two_teams(), 8);
-    assert_eq!(summary.rotated, 2);
-    assert_eq!(summary.failed, ["beta/lab (InternalServiceError)"]);
+    let store = two_teams();
+    let (summary, events) = tick(&aws, &store);
+    assert_eq!(summary.failed, ["beta/lab (AccessDeniedException)"]);
     let line = event_lines(&events);
     assert!(line.contains(r#""stage":"write_secrets""#), "{line}");
     assert!(
         line.contains("[not written: /concourse/beta/lab-session-token]"),
         "{line}"
     );
-    assert!(line.contains(r#""retryable":true"#), "{line}");
+    assert!(state(&store, "beta").accounts["lab"].incomplete);
+    assert!(
+        aws.secret("/concourse/beta/lab-access-key").is_some(),
+        "the partial write happened"
+    );
+
+    let fixed = FakeAws {
+        secrets: RefCell::new(aws.secrets.borrow().clone()),
+        issued: Cell::new(aws.issued.get()),
+        ..Default::default()
+    };
+    fixed.clock.advance(MINUTE);
+    let (_, events) = tick(&fixed, &store);
+    assert_eq!(
+        rotated(&events),
+        [("beta".into(), "lab".into(), RotateReason::Incomplete)]
+    );
+    fixed.consistent_triple("/concourse/beta/lab");
+    assert!(!state(&store, "beta").accounts["lab"].incomplete);
+}
+
+#[test]
+fn transient_failures_are_retried_with_one_line_per_attempt() {
+    let aws = FakeAws::default();
+    aws.flaky.borrow_mut().insert(role("ci"), 2);
+    aws.flaky
+        .borrow_mut()
+        .insert("/concourse/alpha/dev-secret-key".into(), 1);
+    let store = MemoryStore::default().with("team/alpha", &team("alpha", &[("dev", "ci")]));
+    let (summary, events) = tick(&aws, &store);
+    assert_eq!(summary.rotated, 1);
+    let attempts: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::AttemptFailed {
+                operation,
+                attempt,
+                retry_in_ms,
+                ..
+            } => Some((*operation, *attempt, retry_in_ms.is_some())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            ("assume_role", 1, true),
+            ("assume_role", 2, true),
+            ("write_secret", 1, true)
+        ]
+    );
+    aws.consistent_triple("/concourse/alpha/dev");
+
+    let stubborn = FakeAws::default();
+    stubborn.flaky.borrow_mut().insert(role("ci"), 10);
+    let (summary, events) = tick(
+        &stubborn,
+        &MemoryStore::default().with("team/alpha", &team("alpha", &[("dev", "ci")])),
+    );
+    assert_eq!(summary.failed, ["alpha/dev (Throttling)"]);
+    assert_eq!(stubborn.count_calls("AssumeRole"), 3, "bounded attempts");
+    let last = events
+        .iter()
+        .rev()
+        .find(|e| matches!(e, Event::AttemptFailed { .. }))
+        .unwrap();
+    assert!(matches!(
+        last,
+        Event::AttemptFailed {
+            attempt: 3,
+            retry_in_ms: None,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn what_does_not_fit_the_budget_is_deferred_and_leads_the_next_tick() {
+    let aws = FakeAws {
+        latency: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let accounts: Vec<(String, &str)> = (0..6).map(|i| (format!("a{i}"), "ci")).collect();
+    let refs: Vec<(&str, &str)> = accounts.iter().map(|(a, r)| (a.as_str(), *r)).collect();
+    let store = MemoryStore::default().with("team/wide", &team("wide", &refs));
+    let tight = RotationRules {
+        max_concurrency: 1,
+        tick_budget: Duration::from_secs(60),
+        ..RotationRules::default()
+    };
+    let (summary, events) = tick_with(&aws, &store, &tight);
+    assert!(summary.rotated >= 1 && summary.deferred >= 1, "{summary:?}");
+    assert_eq!(summary.rotated + summary.deferred, 6);
+    assert!(event_lines(&events).contains(r#""event":"account_deferred""#));
+    assert_eq!(summary.into_result(), Ok(()), "deferring is not failing");
+
+    aws.calls.borrow_mut().clear();
+    let (summary, events) = tick_with(&aws, &store, &tight);
+    let first_rotated = rotated(&events);
+    assert!(summary.rotated >= 1);
+    assert!(first_rotated
+        .iter()
+        .all(|(_, _, reason)| *reason == RotateReason::NeverWritten));
+}
+
+#[test]
+fn secrets_manager_writes_are_paced() {
+    let aws = FakeAws::default();
+    let store = two_teams();
+    let slow = RotationRules {
+        writes_per_second: 4,
+        ..rules(8)
+    };
+    tick_with(&aws, &store, &slow);
+    // Nine creations (a Put then a Create each: 18 calls) at 4 per second.
+    assert_eq!(
+        aws.count_calls("PutSecretValue") + aws.count_calls("CreateSecret"),
+        18
+    );
+    assert!(
+        aws.clock.slept() >= Duration::from_millis(17 * 250),
+        "{:?}",
+        aws.clock.slept()
+    );
+}
+
+#[test]
+fn the_json_format_writes_one_consistent_secret() {
+    let aws = FakeAws::default();
+    let store = MemoryStore::default().with("team/alpha", &team("alpha", &[("dev", "ci")]));
+    let json = RotationRules {
+        secret_format: SecretFormat::Json,
+        ..rules(8)
+    };
+    tick_with(&aws, &store, &json);
+    assert_eq!(aws.secrets.borrow().len(), 1);
+    let document: serde_json::Value =
+        serde_json::from_str(&aws.secret("/concourse/alpha/dev").unwrap()).unwrap();
+    let n: usize = document["access_key_id"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("ASIAFAKE")
+        .parse()
+        .unwrap();
+    assert_eq!(document["secret_access_key"], format!("secret-{n}-alpha"));
+    assert_eq!(document["session_token"], format!("token-{n}-alpha"));
+    assert!(document["expiration"].as_str().unwrap().ends_with('Z'));
+
+    let both = FakeAws::default();
+    let store = MemoryStore::default().with("team/alpha", &team("alpha", &[("dev", "ci")]));
+    tick_with(
+        &both,
+        &store,
+        &RotationRules {
+            secret_format: SecretFormat::Both,
+            ..rules(8)
+        },
+    );
+    assert_eq!(both.secrets.borrow().len(), 4);
+    both.consistent_triple("/concourse/alpha/dev");
+}
+
+#[test]
+fn durations_that_would_force_rewrites_every_tick_are_refused_per_account() {
+    let aws = FakeAws::default();
+    let document = r#"{"name":"alpha","accounts":[
+        {"name":"short","roleArn":"arn:aws:iam::123456789012:role/ci","duration":900},
+        {"name":"ok","roleArn":"arn:aws:iam::123456789012:role/ci"}]}"#;
+    let store = MemoryStore::default().with("team/alpha", document);
+    let (summary, events) = tick(&aws, &store);
+    assert_eq!(summary.rotated, 1);
+    assert_eq!(summary.failed, ["alpha/short (Config)"]);
+    assert!(event_lines(&events).contains("use a duration of at least 2400s"));
+    assert_eq!(aws.count_calls("AssumeRole"), 1);
+}
+
+#[test]
+fn removed_teams_and_accounts_lose_their_state_but_keep_their_secrets() {
+    let aws = FakeAws::default();
+    let store = two_teams();
+    tick(&aws, &store);
+    store.delete("team/beta").unwrap();
+    store
+        .set("team/alpha", team("alpha", &[("dev", "ci")]).as_bytes())
+        .unwrap();
+    let (_, events) = tick(&aws, &store);
+    assert!(events.contains(&Event::TeamRemoved {
+        team: "beta".into()
+    }));
+    assert!(events.contains(&Event::AccountRemoved {
+        team: "alpha".into(),
+        account: "prod".into()
+    }));
+    assert!(store.text("state/beta").is_none());
+    assert!(!state(&store, "alpha").accounts.contains_key("prod"));
+    assert!(aws.secret("/concourse/beta/lab-access-key").is_some());
+    let (_, again) = tick(&aws, &store);
+    assert!(
+        !again
+            .iter()
+            .any(|e| matches!(e, Event::TeamRemoved { .. } | Event::AccountRemoved { .. })),
+        "said once"
+    );
+}
+
+#[test]
+fn an_invalid_document_keeps_its_teams_state() {
+    let aws = FakeAws::default();
+    let store = two_teams();
+    tick(&aws, &store);
+    store.set("team/beta", b"{oops").unwrap();
+    let (_, events) = tick(&aws, &store);
+    assert!(!events
+        .iter()
+        .any(|e| matches!(e, Event::TeamRemoved { .. })));
+    assert!(store.text("state/beta").is_some());
+}
+
+#[test]
+fn a_tick_that_finds_the_lease_held_does_nothing() {
+    let aws = FakeAws::default();
+    let until = format_time(aws.clock.now() + chrono::Duration::minutes(3));
+    let store = two_teams().with(
+        LEASE_KEY,
+        &format!(r#"{{"holder":"tick-other","expires_at":"{until}"}}"#),
+    );
+    let (summary, events) = tick(&aws, &store);
+    assert!(summary.lease_busy);
+    assert_eq!(summary.into_result(), Ok(()));
+    assert!(aws.calls.borrow().is_empty());
+    assert_eq!(
+        events,
+        [Event::LeaseBusy {
+            holder: Some("tick-other".into()),
+            until: Some(until)
+        }]
+    );
+    aws.clock.advance(4 * MINUTE);
+    let (summary, _) = tick(&aws, &store);
+    assert_eq!(summary.rotated, 3, "an expired lease is taken over");
 }
 
 #[test]
 fn events_never_carry_credential_values() {
     let aws = FakeAws {
-        denied_roles: ["arn:aws:iam::123456789012:role/ci-prod".to_owned()].into(),
+        denied_roles: [role("ci-prod")].into(),
         failing_secrets: ["/concourse/beta/lab-secret-key".to_owned()].into(),
         ..Default::default()
     };
-    let (_, events) = tick(&aws, &two_teams(), 8);
+    aws.flaky
+        .borrow_mut()
+        .insert("/concourse/alpha/dev-session-token".into(), 1);
+    let store = two_teams();
+    let (_, events) = tick(&aws, &store);
     let lines = event_lines(&events);
     let debug = format!("{events:?}");
+    let states = format!("{:?}", store.0.borrow());
     let mut values = aws.issued_values.borrow().clone();
     assert_eq!(values.len(), 6, "two accounts got credentials");
     values.extend(["ROTATORSECRET".to_owned(), "AKIDROTATOR".to_owned()]);
@@ -384,6 +767,10 @@ fn events_never_carry_credential_values() {
             !debug.contains(value.as_str()),
             "{value} leaked into {debug}"
         );
+        assert!(
+            !states.contains(value.as_str()),
+            "{value} leaked into the state"
+        );
     }
 }
 
@@ -393,21 +780,53 @@ fn accounts_run_concurrently_within_the_bound() {
         .map(|i| (format!("a{i}"), "ci".to_owned()))
         .collect();
     let refs: Vec<(&str, &str)> = many.iter().map(|(a, r)| (a.as_str(), r.as_str())).collect();
-    let store = Store::default().with("team/wide", &team("wide", &refs));
+    let store = MemoryStore::default().with("team/wide", &team("wide", &refs));
     let aws = FakeAws::default();
-    let (summary, _) = tick(&aws, &store, 4);
+    let (summary, _) = tick_with(
+        &aws,
+        &store,
+        &RotationRules {
+            writes_per_second: 0,
+            ..rules(4)
+        },
+    );
     assert_eq!(summary.rotated, 12);
     // Four accounts at once, each with up to three parallel writes.
     let peak = aws.max_in_flight.get();
     assert!(peak > 4 && peak <= 12, "peak in flight {peak}");
     let serial = FakeAws::default();
-    tick(&serial, &store, 1);
+    let store = MemoryStore::default().with("team/wide", &team("wide", &refs));
+    tick_with(
+        &serial,
+        &store,
+        &RotationRules {
+            writes_per_second: 0,
+            ..rules(1)
+        },
+    );
     assert!(serial.max_in_flight.get() <= 3);
 }
 
 #[test]
+fn roles_outside_the_allow_list_never_reach_sts() {
+    let rules = RotationRules {
+        allowed_roles: AllowedRoles::parse(&role("ci")).unwrap(),
+        ..rules(4)
+    };
+    let aws = FakeAws::default();
+    let (summary, events) = tick_with(&aws, &two_teams(), &rules);
+    assert_eq!(summary.rotated, 2);
+    assert_eq!(summary.failed, ["alpha/prod (RoleNotAllowed)"]);
+    assert!(
+        !aws.calls.borrow().iter().any(|c| c.contains("ci-prod")),
+        "STS was called"
+    );
+    assert!(event_lines(&events).contains(r#""stage":"role_not_allowed""#));
+}
+
+#[test]
 fn no_teams_is_a_quiet_success() {
-    let (summary, events) = tick(&FakeAws::default(), &Store::default(), 8);
+    let (summary, events) = tick(&FakeAws::default(), &MemoryStore::default());
     assert_eq!(summary.into_result(), Ok(()));
     assert_eq!(events.len(), 2);
 }
@@ -417,7 +836,7 @@ fn log_lines_carry_time_level_and_fields() {
     let event = Event::AccountFailed {
         team: "t".into(),
         account: "a".into(),
-        role_arn: "arn:aws:iam::123456789012:role/r".into(),
+        role_arn: role("r"),
         stage: Stage::AssumeRole,
         code: Some("AccessDenied".into()),
         retryable: false,
@@ -431,22 +850,4 @@ fn log_lines_carry_time_level_and_fields() {
     assert_eq!(line["code"], "AccessDenied");
     let info = Event::TickStarted { teams: 1 }.to_log_line(DateTime::UNIX_EPOCH);
     assert!(info.contains(r#""level":"info""#), "{info}");
-}
-
-#[test]
-fn roles_outside_the_allow_list_never_reach_sts() {
-    let rules = RotationRules {
-        template: SecretPathTemplate::default(),
-        allowed_roles: AllowedRoles::parse("arn:aws:iam::123456789012:role/ci").unwrap(),
-        max_concurrency: 4,
-    };
-    let aws = FakeAws::default();
-    let (summary, events) = tick_with(&aws, &two_teams(), &rules);
-    assert_eq!(summary.rotated, 2);
-    assert_eq!(summary.failed, ["alpha/prod (RoleNotAllowed)"]);
-    assert!(
-        !aws.calls.borrow().iter().any(|c| c.contains("ci-prod")),
-        "STS was called"
-    );
-    assert!(event_lines(&events).contains(r#""stage":"role_not_allowed""#));
 }

@@ -187,11 +187,12 @@ class Emulator:
         env.update({f"SPIN_VARIABLE_{k.upper()}": v for k, v in extra.items()})
         return env
 
-    def run(self, variables, teams=(), raw=(), ticks=1, interval_ms=0):
+    def run(self, variables, teams=(), raw=(), ticks=1, interval_ms=0, later_s=0):
         """Runs the host: `teams` are documents registered under team/<name>, `raw` are
-        (key, text) pairs stored as they are."""
+        (key, text) pairs stored as they are; `later_s` runs the tick that many seconds
+        in the component's future."""
         args = [str(HOST), "--wasm", str(WASM), "--kv", str(self.kv), "--ticks", str(ticks)]
-        args += ["--interval-ms", str(interval_ms)]
+        args += ["--interval-ms", str(interval_ms), "--clock-offset", str(later_s)]
         entries = [(f"team/{t['name']}", json.dumps(t)) for t in teams] + list(raw)
         for key, text in entries:
             args += ["--key-value", f"{key}={text}"]
@@ -219,6 +220,10 @@ class Emulator:
     def caller(self, triple):
         """Who the credentials in a triple are, according to STS."""
         return self.client("sts", *triple).get_caller_identity()["Arn"]
+
+    def store(self):
+        """The key-value store as the host left it."""
+        return json.loads(self.kv.read_text())
 
     def secret_names(self):
         sm = self.admin_client("secretsmanager")

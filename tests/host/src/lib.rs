@@ -6,29 +6,42 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use wasmtime::component::{Component, Linker, Resource, ResourceTable};
 use wasmtime::{Config, Engine, Store};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 wasmtime::component::bindgen!({
     path: "wit",
     world: "cron-host",
     exports: { default: async },
-    with: { "fermyon:spin/key-value.store": KeyValueHandle },
+    with: {
+        "fermyon:spin/key-value.store": KeyValueHandle,
+        "wasi:keyvalue/store.bucket": KeyValueHandle,
+        "wasi:keyvalue/atomics.cas": CasHandle,
+    },
 });
 
 use fermyon::spin::{key_value, variables};
 use fermyon::spin_cron::cron_types::Error as CronError;
+use wasi::keyvalue::{atomics, store as wasi_store};
 
 /// The key-value store, shared by every tick of one host the way Spin shares its default
 /// store between invocations.
 pub type KeyValue = Arc<Mutex<BTreeMap<String, Vec<u8>>>>;
 
-/// The guest's handle to an open store; only `default` exists.
+/// The guest's handle to an open store; only `default` exists. Spin's key-value interface
+/// and `wasi:keyvalue` reach the same store, as they do in Spin.
 pub struct KeyValueHandle;
+
+/// A compare-and-swap in progress: the key and the value it held when it began.
+pub struct CasHandle {
+    key: String,
+    seen: Option<Vec<u8>>,
+}
 
 /// Per-tick state, like one Spin invocation's.
 struct TickState {
@@ -128,11 +141,161 @@ impl key_value::HostStore for TickState {
     }
 }
 
+impl wasi_store::Host for TickState {
+    fn open(&mut self, identifier: String) -> Result<Resource<KeyValueHandle>, wasi_store::Error> {
+        if identifier != "default" {
+            return Err(wasi_store::Error::NoSuchStore);
+        }
+        self.table
+            .push(KeyValueHandle)
+            .map_err(|e| wasi_store::Error::Other(e.to_string()))
+    }
+}
+
+impl wasi_store::HostBucket for TickState {
+    fn get(
+        &mut self,
+        _: Resource<KeyValueHandle>,
+        key: String,
+    ) -> Result<Option<Vec<u8>>, wasi_store::Error> {
+        Ok(self.entries().get(&key).cloned())
+    }
+
+    fn set(
+        &mut self,
+        _: Resource<KeyValueHandle>,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<(), wasi_store::Error> {
+        self.entries().insert(key, value);
+        Ok(())
+    }
+
+    fn delete(
+        &mut self,
+        _: Resource<KeyValueHandle>,
+        key: String,
+    ) -> Result<(), wasi_store::Error> {
+        self.entries().remove(&key);
+        Ok(())
+    }
+
+    fn exists(
+        &mut self,
+        _: Resource<KeyValueHandle>,
+        key: String,
+    ) -> Result<bool, wasi_store::Error> {
+        Ok(self.entries().contains_key(&key))
+    }
+
+    fn list_keys(
+        &mut self,
+        _: Resource<KeyValueHandle>,
+        _cursor: Option<String>,
+    ) -> Result<wasi_store::KeyResponse, wasi_store::Error> {
+        Ok(wasi_store::KeyResponse {
+            keys: self.entries().keys().cloned().collect(),
+            cursor: None,
+        })
+    }
+
+    fn drop(&mut self, handle: Resource<KeyValueHandle>) -> wasmtime::Result<()> {
+        self.table.delete(handle)?;
+        Ok(())
+    }
+}
+
+impl atomics::Host for TickState {
+    fn increment(
+        &mut self,
+        _: Resource<KeyValueHandle>,
+        key: String,
+        delta: i64,
+    ) -> Result<i64, wasi_store::Error> {
+        let mut entries = self.entries();
+        let current = entries
+            .get(&key)
+            .map(|v| String::from_utf8_lossy(v).parse::<i64>())
+            .transpose()
+            .map_err(|e| wasi_store::Error::Other(format!("{key} is not a number: {e}")))?
+            .unwrap_or(0);
+        let next = current.wrapping_add(delta);
+        entries.insert(key, next.to_string().into_bytes());
+        Ok(next)
+    }
+
+    /// Writes only if the key still holds what the `cas` saw, all under one lock.
+    fn swap(&mut self, cas: Resource<CasHandle>, value: Vec<u8>) -> Result<(), atomics::CasError> {
+        let handle = self
+            .table
+            .delete(cas)
+            .map_err(|e| atomics::CasError::StoreError(wasi_store::Error::Other(e.to_string())))?;
+        let mut entries = self.key_value.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.get(&handle.key) == handle.seen.as_ref() {
+            entries.insert(handle.key, value);
+            return Ok(());
+        }
+        let seen = entries.get(&handle.key).cloned();
+        drop(entries);
+        let retry = self
+            .table
+            .push(CasHandle {
+                key: handle.key,
+                seen,
+            })
+            .map_err(|e| atomics::CasError::StoreError(wasi_store::Error::Other(e.to_string())))?;
+        Err(atomics::CasError::CasFailed(retry))
+    }
+}
+
+impl atomics::HostCas for TickState {
+    fn new(
+        &mut self,
+        _: Resource<KeyValueHandle>,
+        key: String,
+    ) -> Result<Resource<CasHandle>, wasi_store::Error> {
+        let seen = self.entries().get(&key).cloned();
+        self.table
+            .push(CasHandle { key, seen })
+            .map_err(|e| wasi_store::Error::Other(e.to_string()))
+    }
+
+    fn current(&mut self, cas: Resource<CasHandle>) -> Result<Option<Vec<u8>>, wasi_store::Error> {
+        let handle = self
+            .table
+            .get(&cas)
+            .map_err(|e| wasi_store::Error::Other(e.to_string()))?;
+        Ok(handle.seen.clone())
+    }
+
+    fn drop(&mut self, cas: Resource<CasHandle>) -> wasmtime::Result<()> {
+        self.table.delete(cas)?;
+        Ok(())
+    }
+}
+
 impl TickState {
     fn entries(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<u8>>> {
         self.key_value
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The real wall clock moved by a fixed offset, so tests can run a tick "later" without
+/// waiting: only the guest's idea of the date moves, timers run at normal speed.
+struct ShiftedWallClock(Duration);
+
+impl HostWallClock for ShiftedWallClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_nanos(1)
+    }
+
+    fn now(&self) -> Duration {
+        let real = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        real + self.0
     }
 }
 
@@ -142,6 +305,7 @@ pub struct Host {
     pre: CronHostPre<TickState>,
     key_value: KeyValue,
     variables: Arc<HashMap<String, String>>,
+    clock_offset: Duration,
 }
 
 impl Host {
@@ -161,13 +325,22 @@ impl Host {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         key_value::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
         variables::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+        wasi_store::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+        atomics::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
         let pre = CronHostPre::new(linker.instantiate_pre(&component)?)?;
         Ok(Self {
             engine,
             pre,
             key_value,
             variables: Arc::new(variables),
+            clock_offset: Duration::ZERO,
         })
+    }
+
+    /// Runs every later tick as if it were `offset` in the future.
+    pub fn with_clock_offset(mut self, offset: Duration) -> Self {
+        self.clock_offset = offset;
+        self
     }
 
     pub fn key_value(&self) -> &KeyValue {
@@ -178,7 +351,11 @@ impl Host {
     /// the component's export returned.
     pub async fn tick(&self, timestamp: u64) -> anyhow::Result<Result<(), String>> {
         let state = TickState {
-            wasi: WasiCtx::builder().inherit_stdout().inherit_stderr().build(),
+            wasi: WasiCtx::builder()
+                .inherit_stdout()
+                .inherit_stderr()
+                .wall_clock(ShiftedWallClock(self.clock_offset))
+                .build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             key_value: self.key_value.clone(),

@@ -39,6 +39,9 @@ struct Args {
     /// cron host does; 0 runs the ticks one after another.
     #[arg(long, default_value_t = 0)]
     interval_ms: u64,
+    /// Shift the component's wall clock this many seconds ahead, to run a tick "later".
+    #[arg(long, default_value_t = 0)]
+    clock_offset: u64,
 }
 
 fn split_pair(pair: &str) -> anyhow::Result<(&str, &str)> {
@@ -145,11 +148,9 @@ async fn run() -> anyhow::Result<(u32, u32)> {
         bail!("--ticks must be at least 1");
     }
     let store = load_store(args.kv.as_deref(), &args.key_values)?;
-    let host = Arc::new(Host::new(
-        &args.wasm,
-        store.clone(),
-        variables(&args.variables)?,
-    )?);
+    let host = Host::new(&args.wasm, store.clone(), variables(&args.variables)?)?
+        .with_clock_offset(Duration::from_secs(args.clock_offset));
+    let host = Arc::new(host);
     let result = run_ticks(host, args.ticks, Duration::from_millis(args.interval_ms)).await;
     if let Some(path) = &args.kv {
         save_store(path, &store)?;

@@ -1,0 +1,134 @@
+"""The engine against moto: rotation only when due, ticks that overlap, faults, and the
+single-secret JSON format."""
+
+import json
+
+from emulator import HOME_ACCOUNT, OTHER_ACCOUNT, account, team
+from faults import FaultProxy
+
+MINUTES = 60
+
+
+def three_accounts(aws):
+    home, other = aws.ci_role(HOME_ACCOUNT), aws.ci_role(OTHER_ACCOUNT)
+    return [
+        team("alpha", account("dev", home), account("prod", other, duration=7200)),
+        team("beta", account("lab", other)),
+    ]
+
+
+PATHS = ["/concourse/alpha/dev", "/concourse/alpha/prod", "/concourse/beta/lab"]
+
+
+def assert_all_working(aws):
+    for path in PATHS:
+        triple = aws.triple(path)
+        assert all(triple), f"{path} is missing a secret"
+        team_name = path.split("/")[2]
+        assert aws.caller(triple).endswith(f"/{team_name}"), path
+
+
+def test_accounts_rotate_only_when_due_and_the_log_says_why(aws):
+    teams = three_accounts(aws)
+    keys = aws.rotator()
+    aws.enforce()
+    with FaultProxy(aws.url) as proxy:
+        variables = aws.variables(keys, aws_endpoint_url=proxy.url)
+        first = aws.run(variables, teams)
+        assert first.returncode == 0, first.stdout
+        calls_after_first = proxy.forwarded
+        values = {path: aws.triple(path) for path in PATHS}
+
+        again = aws.run(variables)
+        assert again.returncode == 0
+        assert proxy.forwarded == calls_after_first, "a tick with nothing due calls AWS"
+        assert {e["reason"] for e in again.of("account_skipped")} == {"written_recently"}
+
+        later = aws.run(variables, later_s=20 * MINUTES)
+        assert {e["reason"] for e in later.of("account_skipped")} == {"fresh"}
+        assert proxy.forwarded == calls_after_first
+
+        due = aws.run(variables, later_s=40 * MINUTES)
+        assert {(e["team"], e["account"], e["reason"]) for e in due.of("account_rotated")} == {
+            ("alpha", "dev", "expires_soon"),
+            ("beta", "lab", "expires_soon"),
+        }
+        assert [(e["account"], e["reason"]) for e in due.of("account_skipped")] == [("prod", "fresh")]
+    assert aws.triple("/concourse/alpha/dev") != values["/concourse/alpha/dev"]
+    assert aws.triple("/concourse/alpha/prod") == values["/concourse/alpha/prod"]
+    state = json.loads(aws.store()["state/alpha"])
+    assert state["accounts"]["dev"]["consecutive_failures"] == 0
+    assert not any(secret in json.dumps(aws.store()) for triple in values.values() for secret in triple)
+    assert_all_working(aws)
+
+
+def test_a_removed_team_loses_its_state_and_keeps_its_secrets(aws):
+    teams = three_accounts(aws)
+    keys = aws.rotator()
+    aws.enforce()
+    assert aws.run(aws.variables(keys), teams).returncode == 0
+    store = aws.store()
+    del store["team/beta"]
+    aws.kv.write_text(json.dumps(store))
+    run = aws.run(aws.variables(keys))
+    assert [e["team"] for e in run.of("team_removed")] == ["beta"]
+    assert "state/beta" not in aws.store()
+    assert all(aws.triple("/concourse/beta/lab"))
+
+
+def test_overlapping_ticks_never_interleave_writes(aws):
+    teams = three_accounts(aws)
+    keys = aws.rotator()
+    aws.enforce()
+    # Every request takes 0.4 s, so one tick lasts well over a second, and the host starts
+    # a new tick every 0.2 s regardless, as the cron trigger does.
+    with FaultProxy(aws.url, kinds=["latency"], rate=1.0, latency=0.4) as proxy:
+        run = aws.run(aws.variables(keys, aws_endpoint_url=proxy.url), teams, ticks=4, interval_ms=200)
+    assert run.returncode == 0, run.stderr
+    assert "trapped" not in run.stderr
+    assert len(run.of("lease_busy")) == 3
+    assert len(run.of("tick_started")) == 1
+    assert sorted((e["team"], e["account"]) for e in run.of("account_rotated")) == [
+        ("alpha", "dev"), ("alpha", "prod"), ("beta", "lab"),
+    ]
+    assert_all_working(aws)
+
+
+def test_thirty_percent_faults_end_consistent_within_a_few_ticks(aws):
+    teams = three_accounts(aws)
+    keys = aws.rotator()
+    aws.enforce()
+    runs = []
+    with FaultProxy(aws.url, rate=0.3, seed=20261127, latency=0.05) as proxy:
+        variables = aws.variables(keys, aws_endpoint_url=proxy.url)
+        for tick in range(8):
+            run = aws.run(variables, teams if tick == 0 else ())
+            runs.append(run)
+            assert run.returncode in (0, 1), run.stderr
+            assert "trapped" not in run.stderr
+            if run.returncode == 0 and not run.of("account_rotated") and tick > 0:
+                break
+    assert proxy.injected, "no fault was injected"
+    attempts = [e for run in runs for e in run.of("attempt_failed")]
+    assert attempts, "no failed attempt was logged"
+    assert all(e["team"] and e["account"] and e["operation"] and e["error"] for e in attempts)
+    assert len(attempts) <= len(proxy.injected)
+    state = {key: json.loads(value) for key, value in aws.store().items() if key.startswith("state/")}
+    for team_state in state.values():
+        for name, account_state in team_state["accounts"].items():
+            assert not account_state["incomplete"], name
+            assert account_state["consecutive_failures"] == 0, name
+    assert_all_working(aws)
+
+
+def test_the_json_format_holds_a_working_set_in_one_secret(aws):
+    teams = three_accounts(aws)
+    keys = aws.rotator()
+    aws.enforce()
+    run = aws.run(aws.variables(keys, secret_format="both"), teams)
+    assert run.returncode == 0, run.stdout
+    document = json.loads(aws.secret("/concourse/alpha/dev"))
+    triple = (document["access_key_id"], document["secret_access_key"], document["session_token"])
+    assert triple == aws.triple("/concourse/alpha/dev")
+    assert aws.caller(triple).endswith("assumed-role/concourse-ci/alpha")
+    assert document["expiration"].endswith("Z")
