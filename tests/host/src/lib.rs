@@ -14,6 +14,8 @@ use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+pub mod fake_aws;
+
 wasmtime::component::bindgen!({
     path: "wit",
     world: "cron-host",
@@ -306,6 +308,7 @@ pub struct Host {
     key_value: KeyValue,
     variables: Arc<HashMap<String, String>>,
     clock_offset: Duration,
+    quiet: bool,
 }
 
 impl Host {
@@ -334,7 +337,14 @@ impl Host {
             key_value,
             variables: Arc::new(variables),
             clock_offset: Duration::ZERO,
+            quiet: false,
         })
+    }
+
+    /// Discards what the component prints (the benchmark's ticks log thousands of lines).
+    pub fn quiet(mut self) -> Self {
+        self.quiet = true;
+        self
     }
 
     /// Runs every later tick as if it were `offset` in the future.
@@ -347,15 +357,21 @@ impl Host {
         &self.key_value
     }
 
+    fn wasi_context(&self) -> WasiCtx {
+        let mut builder = WasiCtx::builder();
+        if !self.quiet {
+            builder.inherit_stdout().inherit_stderr();
+        }
+        builder
+            .wall_clock(ShiftedWallClock(self.clock_offset))
+            .build()
+    }
+
     /// Runs one tick. The outer error is a trap or host failure; the inner one is what
     /// the component's export returned.
     pub async fn tick(&self, timestamp: u64) -> anyhow::Result<Result<(), String>> {
         let state = TickState {
-            wasi: WasiCtx::builder()
-                .inherit_stdout()
-                .inherit_stderr()
-                .wall_clock(ShiftedWallClock(self.clock_offset))
-                .build(),
+            wasi: self.wasi_context(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             key_value: self.key_value.clone(),
