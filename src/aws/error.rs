@@ -103,37 +103,17 @@ impl AwsError {
     }
 }
 
-/// AWS sends `ErrorResponse/Error`; moto wraps it as `ErrorResponse/Errors/Error`.
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct XmlErrorResponse {
-    error: Option<XmlError>,
-    errors: Option<Errors>,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct Errors {
-    error: XmlError,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct XmlError {
-    code: String,
-    #[serde(default)]
-    message: String,
-}
-
-/// Reads an XML error document (the query protocol's, and the shape moto uses for
-/// authorization failures of every service).
+/// Reads an XML error document: AWS's `ErrorResponse/Error/{Code,Message}`, and the
+/// `ErrorResponse/Errors/Error` shape moto uses for authorization failures of every service.
 pub(crate) fn parse_xml_error(status: u16, body: &str) -> Option<AwsError> {
-    let response = quick_xml::de::from_str::<XmlErrorResponse>(body).ok()?;
-    let error = response.error.or(response.errors.map(|e| e.error))?;
+    let mut error = super::xml::child_texts(body, "Error")?;
+    let code = error
+        .remove("Code")
+        .filter(|code| !code.trim().is_empty())?;
     Some(AwsError::Service {
         status,
-        code: truncate(error.code.trim(), 100),
-        message: truncate(error.message.trim(), 500),
+        code: truncate(code.trim(), 100),
+        message: truncate(error.remove("Message").unwrap_or_default().trim(), 500),
     })
 }
 

@@ -9,6 +9,7 @@ pub mod error;
 pub mod secrets;
 pub mod signing;
 pub mod sts;
+mod xml;
 
 pub use client::{AwsClient, Endpoints, HttpResponse, Transport, TransportError};
 pub use credentials::{AssumedCredentials, RotatorCredentials};

@@ -1,9 +1,9 @@
 //! STS `AssumeRole` over the query protocol: the form body, and the XML answer or error.
 
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
 
 use super::error::{parse_xml_error, truncate};
+use super::xml::child_texts;
 use super::{AssumedCredentials, AwsError, HttpResponse};
 
 /// The request for one account's credentials.
@@ -35,51 +35,40 @@ impl AssumeRole<'_> {
 /// The media type STS's query protocol expects.
 pub const CONTENT_TYPE: &str = "application/x-www-form-urlencoded; charset=utf-8";
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct AssumeRoleResponse {
-    assume_role_result: AssumeRoleResult,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct AssumeRoleResult {
-    credentials: XmlCredentials,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct XmlCredentials {
-    access_key_id: String,
-    secret_access_key: String,
-    session_token: String,
-    expiration: String,
-}
-
 /// Reads an `AssumeRole` answer: credentials on 200, a typed error otherwise.
 pub fn parse_assume_role(response: &HttpResponse) -> Result<AssumedCredentials, AwsError> {
     let body = String::from_utf8_lossy(&response.body);
     if response.status != 200 {
         return Err(parse_error(response.status, &body));
     }
-    // The parser's message is left out: on a 200 the body holds credentials, and a
-    // deserializer may quote the value it choked on.
-    let parsed: AssumeRoleResponse =
-        quick_xml::de::from_str(&body).map_err(|_| AwsError::Malformed {
-            status: response.status,
-            detail: "AssumeRoleResponse without readable Credentials".to_owned(),
-        })?;
-    let credentials = parsed.assume_role_result.credentials;
-    let expiration = DateTime::parse_from_rfc3339(credentials.expiration.trim())
+    // Nothing of the body goes into the error: on a 200 it holds credentials.
+    let unreadable = || AwsError::Malformed {
+        status: response.status,
+        detail: "AssumeRoleResponse without readable Credentials".to_owned(),
+    };
+    let mut credentials = child_texts(&body, "Credentials").ok_or_else(unreadable)?;
+    let mut field = |name: &str| {
+        credentials
+            .remove(name)
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(unreadable)
+    };
+    let (access_key_id, secret_access_key, session_token, expiration) = (
+        field("AccessKeyId")?,
+        field("SecretAccessKey")?,
+        field("SessionToken")?,
+        field("Expiration")?,
+    );
+    let expiration = DateTime::parse_from_rfc3339(expiration.trim())
         .map_err(|error| AwsError::Malformed {
             status: response.status,
             detail: format!("Expiration is not an ISO 8601 date: {error}"),
         })?
         .with_timezone(&Utc);
     Ok(AssumedCredentials {
-        access_key_id: credentials.access_key_id.into(),
-        secret_access_key: credentials.secret_access_key.into(),
-        session_token: credentials.session_token.into(),
+        access_key_id: access_key_id.trim().to_owned().into(),
+        secret_access_key: secret_access_key.trim().to_owned().into(),
+        session_token: session_token.trim().to_owned().into(),
         expiration,
     })
 }
