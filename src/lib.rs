@@ -10,6 +10,7 @@
 //! [`rotate`] runs a tick against small traits that [`spin`] implements with Spin's
 //! key-value store, variables and outbound HTTP.
 
+pub mod api;
 pub mod aws;
 pub mod clock;
 pub mod config;

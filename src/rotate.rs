@@ -261,6 +261,16 @@ pub struct Engine<'a, T, C, K, S> {
     pub rules: &'a RotationRules,
 }
 
+/// Which accounts a run looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope<'a> {
+    /// Every team: the cron tick.
+    All,
+    /// One team, rotated now even where its credentials are still fresh (an operator's
+    /// request); the ten-minute rule still holds.
+    Team(&'a str),
+}
+
 /// One due account, with everything it needs owned.
 struct Job {
     team: String,
@@ -275,6 +285,16 @@ struct Job {
 impl<T: Transport, C: Clock, K: KeyValue, S: EventSink> Engine<'_, T, C, K, S> {
     /// Runs one tick, unless another holds the lease.
     pub async fn run_tick(&self) -> anyhow::Result<TickSummary> {
+        self.run(Scope::All).await
+    }
+
+    /// Rotates one team now, through the same steps as a tick (lease included). Accounts
+    /// written within the last ten minutes are still skipped.
+    pub async fn rotate_team(&self, team: &str) -> anyhow::Result<TickSummary> {
+        self.run(Scope::Team(team)).await
+    }
+
+    async fn run(&self, scope: Scope<'_>) -> anyhow::Result<TickSummary> {
         let started = self.clock.now();
         let holder = format!(
             "tick-{:016x}",
@@ -294,14 +314,22 @@ impl<T: Transport, C: Clock, K: KeyValue, S: EventSink> Engine<'_, T, C, K, S> {
                 });
             }
         };
-        let result = self.rotate_all(started).await;
+        let result = self.rotate(scope, started).await;
         lease::release(self.store, lease, self.clock.now())?;
         result
     }
 
-    async fn rotate_all(&self, started: DateTime<Utc>) -> anyhow::Result<TickSummary> {
+    async fn rotate(
+        &self,
+        scope: Scope<'_>,
+        started: DateTime<Utc>,
+    ) -> anyhow::Result<TickSummary> {
         let deadline = started + chrono_duration(self.rules.tick_budget);
-        let (teams, invalid) = load_teams(self.store)?;
+        let (mut teams, mut invalid) = load_teams(self.store)?;
+        if let Scope::Team(name) = scope {
+            teams.retain(|team| team.name == name);
+            invalid.retain(|team| team.team() == name);
+        }
         self.sink.emit(&Event::TickStarted {
             teams: teams.len() + invalid.len(),
         });
@@ -320,12 +348,12 @@ impl<T: Transport, C: Clock, K: KeyValue, S: EventSink> Engine<'_, T, C, K, S> {
             .map(|key| key.trim_start_matches(TEAM_KEY_PREFIX))
             .chain(teams.iter().map(|team| team.name.as_str()))
             .collect();
-        let states = States::load(self.store, &teams, &known, self.sink)?;
+        let states = States::load(self.store, &teams, &known, scope == Scope::All, self.sink)?;
         let mut jobs = Vec::new();
         for team in &teams {
             summary.accounts += team.accounts.len();
             for account in &team.accounts {
-                match self.plan(&team.name, account, &states, started) {
+                match self.plan(&team.name, account, &states, started, scope != Scope::All) {
                     Ok(job) => jobs.push(job),
                     Err(event) => {
                         summary.count(&event);
@@ -363,6 +391,7 @@ impl<T: Transport, C: Clock, K: KeyValue, S: EventSink> Engine<'_, T, C, K, S> {
         account: &AccountConfig,
         states: &States<'_, K>,
         now: DateTime<Utc>,
+        requested: bool,
     ) -> Result<Job, Box<Event>> {
         let refused = |stage: Stage, code: Option<&str>, error: String| {
             Box::new(Event::AccountFailed {
@@ -394,7 +423,14 @@ impl<T: Transport, C: Clock, K: KeyValue, S: EventSink> Engine<'_, T, C, K, S> {
             .map_err(|reason| refused(Stage::SecretPath, None, reason))?;
         let fingerprint = state::fingerprint(account, &path, self.rules.secret_format);
         let current = states.get(team, &account.name);
-        match state::decide(current.as_ref(), &fingerprint, now) {
+        let decision = match state::decide(current.as_ref(), &fingerprint, now) {
+            Decision::Skip {
+                reason: SkipReason::Fresh,
+                ..
+            } if requested => Decision::Rotate(RotateReason::Requested),
+            decision => decision,
+        };
+        match decision {
             Decision::Skip { reason, until } => Err(Box::new(Event::AccountSkipped {
                 team: team.to_owned(),
                 account: account.name.clone(),
@@ -668,16 +704,17 @@ struct States<'k, K> {
 }
 
 impl<'k, K: KeyValue> States<'k, K> {
-    /// Loads the states of `teams`, dropping (and reporting once) the state of teams that
-    /// are gone and of accounts that left their team. Teams in `known` but invalid keep
-    /// theirs: a typo must not cost a team its history.
+    /// Loads the states of `teams`, dropping (and reporting once) the state of accounts
+    /// that left their team and, when `prune` (a full tick), of teams that are gone. Teams
+    /// in `known` but invalid keep theirs: a typo must not cost a team its history.
     fn load(
         store: &'k K,
         teams: &[TeamDocument],
         known: &[&str],
+        prune: bool,
         sink: &impl EventSink,
     ) -> anyhow::Result<Self> {
-        for key in store.keys()? {
+        for key in store.keys()?.into_iter().filter(|_| prune) {
             let Some(team) = key.strip_prefix(STATE_PREFIX) else {
                 continue;
             };

@@ -1,5 +1,7 @@
-//! The Spin side: the cron export and adapters from Spin's key-value store, variables and
-//! outbound HTTP to the traits the engine runs on. Nothing here decides anything.
+//! The Spin side: the three entry points (the cron export, `wasi:cli/run` for the command
+//! trigger, the admin API's HTTP handler) and adapters from Spin's key-value store,
+//! variables and outbound HTTP to the traits the engine runs on. Nothing here decides
+//! anything.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -7,16 +9,17 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::StreamExt;
-use spin_sdk::http::IncomingResponse;
+use spin_sdk::http::{IncomingRequest, IncomingResponse, Response};
 use spin_sdk::key_value::Store;
 
+use crate::api::{self, ApiRequest, ApiResponse, Rotator};
 use crate::aws::{AwsClient, HttpResponse, Transport, TransportError};
 use crate::clock::Clock;
 use crate::rotate::{Engine, Event, EventSink, TickSummary};
 use crate::settings::{Settings, Variables};
 use crate::store::KeyValue;
 
-wit_bindgen::generate!({ world: "spin-cron", path: "wit" });
+wit_bindgen::generate!({ world: "component", path: "wit", generate_all });
 
 use spin_sdk::wit::wasi::keyvalue as wasi_keyvalue;
 
@@ -28,6 +31,14 @@ struct Component;
 impl Guest for Component {
     fn handle_cron_event(_metadata: Metadata) -> Result<(), Error> {
         spin_executor::run(tick()).map_err(Error::Other)
+    }
+}
+
+/// The command trigger's entry point: one tick, the same as a cron event. The failure
+/// summary is already logged; the exit status says whether there was one.
+impl exports::wasi::cli::run::Guest for Component {
+    fn run() -> Result<(), ()> {
+        spin_executor::run(tick()).map_err(|_| ())
     }
 }
 
@@ -48,25 +59,136 @@ async fn tick() -> Result<(), String> {
 }
 
 async fn run() -> Result<TickSummary, String> {
-    let settings = Settings::from_variables(&SpinVariables).map_err(|e| format!("{e:#}"))?;
     let store = SpinStore::open().map_err(|e| format!("opening key-value store: {e:#}"))?;
-    let transport = SpinTransport {
-        timeout: settings.rules.request_timeout,
+    let runtime = Runtime::load()?;
+    runtime
+        .engine(&store, &StdoutSink)
+        .run_tick()
+        .await
+        .map_err(|e| format!("{e:#}"))
+}
+
+/// The validated variables and the AWS client built from them.
+struct Runtime {
+    settings: Settings,
+    client: AwsClient<SpinTransport>,
+}
+
+impl Runtime {
+    fn load() -> Result<Self, String> {
+        let settings = Settings::from_variables(&SpinVariables).map_err(|e| format!("{e:#}"))?;
+        let transport = SpinTransport {
+            timeout: settings.rules.request_timeout,
+        };
+        let client = AwsClient::new(
+            transport,
+            &settings.credentials,
+            &settings.region,
+            settings.endpoints.clone(),
+        );
+        Ok(Self { settings, client })
+    }
+
+    fn engine<'a, S: EventSink>(
+        &'a self,
+        store: &'a SpinStore,
+        sink: &'a S,
+    ) -> Engine<'a, SpinTransport, WasiClock, SpinStore, S> {
+        Engine {
+            client: &self.client,
+            clock: &WasiClock,
+            store,
+            sink,
+            rules: &self.settings.rules,
+        }
+    }
+}
+
+/// The admin API (see [`crate::api`]): Spin's request in, the API's answer out.
+#[spin_sdk::http_component]
+async fn admin_api(request: IncomingRequest) -> Response {
+    let method = request.method().to_string();
+    let path = request.path_with_query().unwrap_or_default();
+    let path = path.split('?').next().unwrap_or_default().to_owned();
+    let authorization = request
+        .headers()
+        .get("authorization")
+        .into_iter()
+        .next()
+        .and_then(|value| String::from_utf8(value).ok());
+    let body = read_body(request).await;
+    let token = SpinVariables.get("admin_token").ok().flatten();
+    let answer = match SpinStore::open() {
+        Ok(store) => {
+            let api_request = ApiRequest {
+                method: &method,
+                path: &path,
+                authorization: authorization.as_deref(),
+                body: &body,
+            };
+            api::handle(
+                &api_request,
+                token.as_deref(),
+                &store,
+                &SpinRotator { store: &store },
+            )
+            .await
+        }
+        Err(error) => ApiResponse {
+            status: 503,
+            body: Some(
+                serde_json::json!({"error": {"code": "store_unavailable", "message": format!("{error:#}")}}),
+            ),
+        },
     };
-    let client = AwsClient::new(
-        transport,
-        &settings.credentials,
-        &settings.region,
-        settings.endpoints.clone(),
-    );
-    let engine = Engine {
-        client: &client,
-        clock: &WasiClock,
-        store: &store,
-        sink: &StdoutSink,
-        rules: &settings.rules,
-    };
-    engine.run_tick().await.map_err(|e| format!("{e:#}"))
+    let mut response = Response::builder();
+    response.status(answer.status);
+    if let Some(body) = answer.body {
+        response
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    response.build()
+}
+
+/// Reads at most one byte more than the API accepts, so an endless body cannot exhaust
+/// memory and a too-large one is still recognised.
+async fn read_body(request: IncomingRequest) -> Vec<u8> {
+    let mut body = Vec::new();
+    let mut stream = request.into_body_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        let room = api::MAX_BODY_BYTES + 1 - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() > api::MAX_BODY_BYTES {
+            break;
+        }
+    }
+    body
+}
+
+/// Rotates one team for the API, logging as a tick does and collecting the events.
+struct SpinRotator<'s> {
+    store: &'s SpinStore,
+}
+
+impl Rotator for SpinRotator<'_> {
+    async fn rotate(&self, team: &str) -> anyhow::Result<(TickSummary, Vec<Event>)> {
+        let runtime = Runtime::load().map_err(anyhow::Error::msg)?;
+        let sink = CollectingSink::default();
+        let summary = runtime.engine(self.store, &sink).rotate_team(team).await?;
+        Ok((summary, sink.0.into_inner()))
+    }
+}
+
+/// Logs every event and keeps it for the API's answer.
+#[derive(Default)]
+struct CollectingSink(std::cell::RefCell<Vec<Event>>);
+
+impl EventSink for CollectingSink {
+    fn emit(&self, event: &Event) {
+        StdoutSink.emit(event);
+        self.0.borrow_mut().push(event.clone());
+    }
 }
 
 struct SpinVariables;

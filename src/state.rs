@@ -137,6 +137,8 @@ pub enum RotateReason {
     ConfigChanged,
     LastAttemptFailed,
     ExpiresSoon,
+    /// An operator asked for it (`POST /teams/{name}/rotate`).
+    Requested,
 }
 
 /// Why an account is left alone this tick.

@@ -273,6 +273,17 @@ fn tick_with(
     store: &MemoryStore,
     rules: &RotationRules,
 ) -> (TickSummary, Vec<Event>) {
+    with_engine(aws, store, rules, None)
+}
+
+/// Runs a tick, or with `team` a one-team rotation, against the fakes; returns its
+/// summary and events.
+fn with_engine(
+    aws: &FakeAws,
+    store: &MemoryStore,
+    rules: &RotationRules,
+    team: Option<&str>,
+) -> (TickSummary, Vec<Event>) {
     let client = AwsClient::new(
         aws,
         &RotatorCredentials {
@@ -294,8 +305,11 @@ fn tick_with(
         sink: &events,
         rules,
     };
-    let summary = futures::executor::block_on(engine.run_tick()).unwrap();
-    (summary, events.0.into_inner())
+    let summary = match team {
+        None => futures::executor::block_on(engine.run_tick()),
+        Some(team) => futures::executor::block_on(engine.rotate_team(team)),
+    };
+    (summary.unwrap(), events.0.into_inner())
 }
 
 fn event_lines(events: &[Event]) -> String {
@@ -850,4 +864,37 @@ fn log_lines_carry_time_level_and_fields() {
     assert_eq!(line["code"], "AccessDenied");
     let info = Event::TickStarted { teams: 1 }.to_log_line(DateTime::UNIX_EPOCH);
     assert!(info.contains(r#""level":"info""#), "{info}");
+}
+
+#[test]
+fn rotating_one_team_touches_only_that_team_and_keeps_the_ten_minute_rule() {
+    let aws = FakeAws::default();
+    let store = two_teams();
+    tick(&aws, &store);
+    aws.clock.advance(11 * MINUTE);
+    aws.calls.borrow_mut().clear();
+    let one_team = rules(8);
+    let run = |team: &str| with_engine(&aws, &store, &one_team, Some(team));
+    let (summary, events) = run("beta");
+    assert_eq!(summary.rotated, 1);
+    assert_eq!(
+        rotated(&events),
+        [("beta".into(), "lab".into(), RotateReason::Requested)]
+    );
+    assert!(
+        aws.calls.borrow().iter().all(|c| !c.contains("alpha")),
+        "only beta was touched"
+    );
+    let (summary, events) = run("beta");
+    assert_eq!(
+        summary.skipped, 1,
+        "never twice within ten minutes, even on request"
+    );
+    assert!(event_lines(&events).contains("written_recently"));
+    store.delete("team/alpha").unwrap();
+    run("beta");
+    assert!(
+        store.text("state/alpha").is_some(),
+        "a one-team run prunes no other team"
+    );
 }

@@ -12,6 +12,9 @@ use anyhow::Context;
 use wasmtime::component::{Component, Linker, Resource, ResourceTable};
 use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 pub mod fake_aws;
@@ -305,6 +308,7 @@ impl HostWallClock for ShiftedWallClock {
 pub struct Host {
     engine: Engine,
     pre: CronHostPre<TickState>,
+    proxy: Option<ProxyPre<TickState>>,
     key_value: KeyValue,
     variables: Arc<HashMap<String, String>>,
     clock_offset: Duration,
@@ -330,10 +334,14 @@ impl Host {
         variables::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
         wasi_store::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
         atomics::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
-        let pre = CronHostPre::new(linker.instantiate_pre(&component)?)?;
+        let instance_pre = linker.instantiate_pre(&component)?;
+        let pre = CronHostPre::new(instance_pre.clone())?;
+        // The admin API's handler, when the component exports one.
+        let proxy = ProxyPre::new(instance_pre).ok();
         Ok(Self {
             engine,
             pre,
+            proxy,
             key_value,
             variables: Arc::new(variables),
             clock_offset: Duration::ZERO,
@@ -367,9 +375,7 @@ impl Host {
             .build()
     }
 
-    /// Runs one tick. The outer error is a trap or host failure; the inner one is what
-    /// the component's export returned.
-    pub async fn tick(&self, timestamp: u64) -> anyhow::Result<Result<(), String>> {
+    fn new_store(&self) -> Store<TickState> {
         let state = TickState {
             wasi: self.wasi_context(),
             http: WasiHttpCtx::new(),
@@ -377,7 +383,56 @@ impl Host {
             key_value: self.key_value.clone(),
             variables: self.variables.clone(),
         };
-        let mut store = Store::new(&self.engine, state);
+        Store::new(&self.engine, state)
+    }
+
+    /// Runs the command entry point (`wasi:cli/run`), as Spin's command trigger does.
+    /// The outer error is a trap; the inner one the component's failure status.
+    pub async fn run_command(&self) -> anyhow::Result<Result<(), ()>> {
+        let mut store = self.new_store();
+        let instance = self.pre.instantiate_async(&mut store).await?;
+        Ok(instance.wasi_cli_run().call_run(&mut store).await?)
+    }
+
+    /// Answers one HTTP request with the component's `wasi:http/incoming-handler`, as
+    /// Spin's HTTP trigger does.
+    pub async fn handle_http(
+        &self,
+        request: hyper::Request<hyper::body::Incoming>,
+    ) -> anyhow::Result<hyper::Response<HyperOutgoingBody>> {
+        let proxy = self
+            .proxy
+            .clone()
+            .context("the component exports no HTTP handler")?;
+        let mut store = self.new_store();
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let request = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)?;
+        let out = store.data_mut().http().new_response_outparam(sender)?;
+        let task = tokio::task::spawn(async move {
+            let instance = proxy.instantiate_async(&mut store).await?;
+            instance
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, request, out)
+                .await
+        });
+        match receiver.await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => Err(anyhow::anyhow!("the handler failed: {error:?}")),
+            Err(_) => match task.await {
+                Ok(Ok(())) => anyhow::bail!("the handler set no response"),
+                Ok(Err(trap)) => Err(anyhow::Error::from(trap).context("the handler trapped")),
+                Err(join) => Err(join.into()),
+            },
+        }
+    }
+
+    /// Runs one tick. The outer error is a trap or host failure; the inner one is what
+    /// the component's export returned.
+    pub async fn tick(&self, timestamp: u64) -> anyhow::Result<Result<(), String>> {
+        let mut store = self.new_store();
         let instance = self.pre.instantiate_async(&mut store).await?;
         let result = instance
             .call_handle_cron_event(&mut store, Metadata { timestamp })

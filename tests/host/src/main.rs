@@ -1,9 +1,12 @@
-//! `concourse-sts-host`: run cron ticks of the component from the command line.
+//! `concourse-sts-host`: run the component from the command line as Spin would: cron
+//! ticks (the default), the command entry point (`--command`), or the admin API's HTTP
+//! handler (`--serve ADDR`). `--validate FILE` checks a team document with the
+//! component's own validation, natively.
 //!
 //! Variables come from `SPIN_VARIABLE_<NAME>` environment variables, as under `spin up`,
 //! and from `--variable`; the key-value store is a JSON file that survives between runs.
-//! Exit status: 0 when every tick returned `Ok`, 1 when one returned an error, 2 on a
-//! trap or a host failure.
+//! Exit status: 0 when every run returned `Ok`, 1 when one returned an error (or a
+//! document is invalid), 2 on a trap or a host failure.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -42,6 +45,68 @@ struct Args {
     /// Shift the component's wall clock this many seconds ahead, to run a tick "later".
     #[arg(long, default_value_t = 0)]
     clock_offset: u64,
+    /// Run the command entry point (wasi:cli/run) instead of cron ticks.
+    #[arg(long, conflicts_with = "serve")]
+    command: bool,
+    /// Serve the admin API on this address (e.g. 127.0.0.1:3000) until stopped.
+    #[arg(long, value_name = "ADDR")]
+    serve: Option<String>,
+    /// Validate a team document file and exit (no component is run).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["serve", "command"])]
+    validate: Option<PathBuf>,
+}
+
+/// Checks a team file with the same code the component runs: 0 when valid, 1 if not.
+fn validate(path: &Path) -> anyhow::Result<(u32, u32)> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let name = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v["name"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    match concourse_sts::config::parse_team(&format!("team/{name}"), &bytes) {
+        Ok(team) => {
+            println!(
+                "{}",
+                serde_json::json!({"valid": true, "team": team.name, "accounts": team.accounts.len()})
+            );
+            Ok((0, 0))
+        }
+        Err(invalid) => {
+            println!(
+                "{}",
+                serde_json::json!({"valid": false, "team": name, "problems": invalid.problems})
+            );
+            Ok((1, 0))
+        }
+    }
+}
+
+/// Serves the admin API until the process is stopped, saving the store after every
+/// request so that other processes can read it.
+async fn serve(host: Arc<Host>, address: &str, kv: Option<PathBuf>) -> anyhow::Result<(u32, u32)> {
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    println!("listening on http://{}", listener.local_addr()?);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let (host, kv) = (host.clone(), kv.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let (host, kv) = (host.clone(), kv.clone());
+                async move {
+                    let response = host.handle_http(request).await;
+                    if let Some(path) = &kv {
+                        save_store(path, host.key_value())?;
+                    }
+                    response
+                }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            if let Err(error) = connection.await {
+                eprintln!("host: connection: {error}");
+            }
+        });
+    }
 }
 
 fn split_pair(pair: &str) -> anyhow::Result<(&str, &str)> {
@@ -144,6 +209,9 @@ async fn main() -> std::process::ExitCode {
 
 async fn run() -> anyhow::Result<(u32, u32)> {
     let args = Args::parse();
+    if let Some(path) = &args.validate {
+        return validate(path);
+    }
     if args.ticks == 0 {
         bail!("--ticks must be at least 1");
     }
@@ -151,7 +219,21 @@ async fn run() -> anyhow::Result<(u32, u32)> {
     let host = Host::new(&args.wasm, store.clone(), variables(&args.variables)?)?
         .with_clock_offset(Duration::from_secs(args.clock_offset));
     let host = Arc::new(host);
-    let result = run_ticks(host, args.ticks, Duration::from_millis(args.interval_ms)).await;
+    if let Some(address) = &args.serve {
+        return serve(host, address, args.kv.clone()).await;
+    }
+    let result = if args.command {
+        match host.run_command().await {
+            Ok(Ok(())) => (0, 0),
+            Ok(Err(())) => (1, 0),
+            Err(trap) => {
+                eprintln!("host: command trapped: {trap:#}");
+                (0, 1)
+            }
+        }
+    } else {
+        run_ticks(host, args.ticks, Duration::from_millis(args.interval_ms)).await
+    };
     if let Some(path) = &args.kv {
         save_store(path, &store)?;
     }

@@ -1,0 +1,329 @@
+//! The admin API's routes, token check and answers, against an in-memory store.
+
+use super::*;
+use crate::rotate::Stage;
+use crate::state::RotateReason;
+use crate::store::tests::MemoryStore;
+use std::cell::RefCell;
+
+const TOKEN: &str = "s3cret-admin-token";
+const TEAM: &str =
+    r#"{"name":"alpha","accounts":[{"name":"dev","roleArn":"arn:aws:iam::123456789012:role/ci"}]}"#;
+
+/// Records what it was asked to rotate and answers as told.
+#[derive(Default)]
+struct FakeRotator {
+    asked: RefCell<Vec<String>>,
+    busy: bool,
+}
+
+impl Rotator for FakeRotator {
+    async fn rotate(&self, team: &str) -> anyhow::Result<(TickSummary, Vec<Event>)> {
+        self.asked.borrow_mut().push(team.to_owned());
+        let summary = TickSummary {
+            rotated: 1,
+            lease_busy: self.busy,
+            ..TickSummary::default()
+        };
+        let event = Event::AccountRotated {
+            team: team.into(),
+            account: "dev".into(),
+            role_arn: "arn:aws:iam::123456789012:role/ci".into(),
+            reason: RotateReason::Requested,
+            secret_path: "/concourse/alpha/dev".into(),
+            expiration: "2030-01-01T01:00:00Z".into(),
+            rotate_after: "2030-01-01T00:30:00Z".into(),
+            secrets_created: 0,
+        };
+        Ok((summary, vec![Event::TickStarted { teams: 1 }, event]))
+    }
+}
+
+fn call(store: &MemoryStore, method: &str, path: &str, body: &str) -> ApiResponse {
+    call_with(
+        store,
+        &FakeRotator::default(),
+        Some(TOKEN),
+        method,
+        path,
+        body,
+        Some(&format!("Bearer {TOKEN}")),
+    )
+}
+
+fn call_with(
+    store: &MemoryStore,
+    rotator: &FakeRotator,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &str,
+    authorization: Option<&str>,
+) -> ApiResponse {
+    let request = ApiRequest {
+        method,
+        path,
+        authorization,
+        body: body.as_bytes(),
+    };
+    futures::executor::block_on(handle(&request, token, store, rotator))
+}
+
+fn code(response: &ApiResponse) -> &str {
+    response.body.as_ref().unwrap()["error"]["code"]
+        .as_str()
+        .unwrap()
+}
+
+#[test]
+fn healthz_needs_no_token() {
+    let response = call_with(
+        &MemoryStore::default(),
+        &FakeRotator::default(),
+        None,
+        "GET",
+        "/healthz",
+        "",
+        None,
+    );
+    assert_eq!(response, ApiResponse::json(200, json!({"status": "ok"})));
+}
+
+#[test]
+fn without_a_configured_token_every_other_route_is_forbidden_and_says_why() {
+    for token in [None, Some("")] {
+        let response = call_with(
+            &MemoryStore::default(),
+            &FakeRotator::default(),
+            token,
+            "GET",
+            "/teams",
+            "",
+            Some("Bearer x"),
+        );
+        assert_eq!(response.status, 403);
+        assert_eq!(code(&response), "admin_api_disabled");
+        let message = response.body.unwrap()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(message.contains("admin_token"), "{message}");
+    }
+}
+
+#[test]
+fn a_missing_or_wrong_token_is_unauthorized() {
+    let store = MemoryStore::default();
+    for header in [
+        None,
+        Some("Bearer wrong"),
+        Some(TOKEN),
+        Some("Bearer "),
+        Some("Basic czNjcmV0"),
+    ] {
+        let response = call_with(
+            &store,
+            &FakeRotator::default(),
+            Some(TOKEN),
+            "GET",
+            "/teams",
+            "",
+            header,
+        );
+        assert_eq!(response.status, 401, "{header:?}");
+        assert_eq!(code(&response), "unauthorized");
+        assert!(
+            !response.body.unwrap().to_string().contains(TOKEN),
+            "the token is never echoed"
+        );
+    }
+}
+
+#[test]
+fn put_validates_stores_and_lists() {
+    let store = MemoryStore::default();
+    let created = call(&store, "PUT", "/teams/alpha", TEAM);
+    assert_eq!(
+        created,
+        ApiResponse::json(201, json!({"team": "alpha", "accounts": 1}))
+    );
+    assert_eq!(store.text("team/alpha").as_deref(), Some(TEAM));
+    assert_eq!(call(&store, "PUT", "/teams/alpha", TEAM).status, 200);
+    assert_eq!(
+        call(&store, "GET", "/teams", "").body,
+        Some(json!({"teams": ["alpha"]}))
+    );
+    assert_eq!(
+        call(&store, "GET", "/teams/alpha", "").body,
+        Some(serde_json::from_str(TEAM).unwrap())
+    );
+}
+
+#[test]
+fn an_invalid_document_is_refused_with_every_problem_and_not_stored() {
+    let store = MemoryStore::default();
+    let body = r#"{"name":"other","accounts":[{"name":"a/b","roleArn":"nope","duration":5}]}"#;
+    let response = call(&store, "PUT", "/teams/alpha", body);
+    assert_eq!(response.status, 400);
+    assert_eq!(code(&response), "invalid_team");
+    let problems = &response.body.unwrap()["error"]["problems"];
+    let fields: Vec<&str> = problems
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "name",
+            "accounts[0].name",
+            "accounts[0].roleArn",
+            "accounts[0].duration"
+        ]
+    );
+    assert!(store.text("team/alpha").is_none());
+    assert_eq!(call(&store, "PUT", "/teams/alpha", "{not json").status, 400);
+}
+
+#[test]
+fn oversized_bodies_are_refused() {
+    let store = MemoryStore::default();
+    let body = format!(
+        r#"{{"name":"alpha","pad":"{}"}}"#,
+        "x".repeat(MAX_BODY_BYTES)
+    );
+    let response = call(&store, "PUT", "/teams/alpha", &body);
+    assert_eq!(response.status, 413);
+    assert_eq!(code(&response), "body_too_large");
+    assert!(store.text("team/alpha").is_none());
+}
+
+#[test]
+fn delete_removes_the_document() {
+    let store = MemoryStore::default().with("team/alpha", TEAM);
+    assert_eq!(call(&store, "DELETE", "/teams/alpha", "").status, 204);
+    assert!(store.text("team/alpha").is_none());
+    assert_eq!(
+        code(&call(&store, "DELETE", "/teams/alpha", "")),
+        "team_not_found"
+    );
+}
+
+#[test]
+fn status_shows_state_but_never_credentials() {
+    let state = r#"{"accounts":{"dev":{"fingerprint":"f","written_at":"2030-01-01T00:00:00Z","expiration":"2030-01-01T01:00:00Z","rotate_after":"2030-01-01T00:28:00Z","consecutive_failures":1,"last_error":{"at":"2030-01-01T00:05:00Z","stage":"assume_role","code":"AccessDenied","message":"denied"},"incomplete":false}}}"#;
+    let store = MemoryStore::default()
+        .with("team/alpha", TEAM)
+        .with("state/alpha", state);
+    let response = call(&store, "GET", "/teams/alpha/status", "");
+    assert_eq!(response.status, 200);
+    let account = &response.body.unwrap()["accounts"][0];
+    assert_eq!(account["account"], "dev");
+    assert_eq!(account["last_written"], "2030-01-01T00:00:00Z");
+    assert_eq!(account["expiration"], "2030-01-01T01:00:00Z");
+    assert_eq!(
+        account["next_rotation_due"], "next tick",
+        "a failed account is due at once"
+    );
+    assert_eq!(account["consecutive_failures"], 1);
+    assert_eq!(account["last_error"]["code"], "AccessDenied");
+    assert_eq!(account["last_error"]["stage"], json!(Stage::AssumeRole));
+
+    let fresh = MemoryStore::default().with("team/alpha", TEAM).with(
+        "state/alpha",
+        &state.replace("\"consecutive_failures\":1", "\"consecutive_failures\":0"),
+    );
+    let response = call(&fresh, "GET", "/teams/alpha/status", "");
+    assert_eq!(
+        response.body.unwrap()["accounts"][0]["next_rotation_due"],
+        "2030-01-01T00:28:00Z"
+    );
+}
+
+#[test]
+fn rotate_runs_the_team_and_reports_each_account() {
+    let store = MemoryStore::default().with("team/alpha", TEAM);
+    let rotator = FakeRotator::default();
+    let authorization = format!("Bearer {TOKEN}");
+    let response = call_with(
+        &store,
+        &rotator,
+        Some(TOKEN),
+        "POST",
+        "/teams/alpha/rotate",
+        "",
+        Some(&authorization),
+    );
+    assert_eq!(response.status, 200);
+    assert_eq!(rotator.asked.borrow().as_slice(), ["alpha"]);
+    let body = response.body.unwrap();
+    assert_eq!(body["rotated"], 1);
+    assert_eq!(
+        body["outcomes"].as_array().unwrap().len(),
+        1,
+        "only per-account outcomes"
+    );
+    assert_eq!(body["outcomes"][0]["event"], "account_rotated");
+    assert_eq!(body["outcomes"][0]["reason"], "requested");
+
+    let busy = FakeRotator {
+        busy: true,
+        ..Default::default()
+    };
+    let response = call_with(
+        &store,
+        &busy,
+        Some(TOKEN),
+        "POST",
+        "/teams/alpha/rotate",
+        "",
+        Some(&authorization),
+    );
+    assert_eq!(
+        (response.status, code(&response)),
+        (409, "rotation_in_progress")
+    );
+    let unknown = call_with(
+        &store,
+        &rotator,
+        Some(TOKEN),
+        "POST",
+        "/teams/beta/rotate",
+        "",
+        Some(&authorization),
+    );
+    assert_eq!(unknown.status, 404);
+    assert_eq!(
+        rotator.asked.borrow().len(),
+        1,
+        "an unknown team is not rotated"
+    );
+}
+
+#[test]
+fn bad_names_unknown_routes_and_methods_have_clear_errors() {
+    let store = MemoryStore::default();
+    assert_eq!(code(&call(&store, "GET", "/teams/..", "")), "invalid_name");
+    assert_eq!(
+        code(&call(&store, "GET", "/teams/a%2Fb", "")),
+        "invalid_name"
+    );
+    assert_eq!(
+        code(&call(&store, "GET", "/teams/alpha", "")),
+        "team_not_found"
+    );
+    assert_eq!(code(&call(&store, "GET", "/nope", "")), "not_found");
+    assert_eq!(
+        code(&call(&store, "POST", "/teams", "")),
+        "method_not_allowed"
+    );
+    assert_eq!(
+        code(&call(&store, "PATCH", "/teams/alpha", "")),
+        "method_not_allowed"
+    );
+    assert_eq!(
+        code(&call(&store, "GET", "/teams/alpha/rotate", "")),
+        "method_not_allowed"
+    );
+}
