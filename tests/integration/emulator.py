@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,6 +221,38 @@ class Emulator:
     def caller(self, triple):
         """Who the credentials in a triple are, according to STS."""
         return self.client("sts", *triple).get_caller_identity()["Arn"]
+
+    def serve(self, variables):
+        """Starts the host serving the admin API; returns (process, base URL). The caller
+        stops it with `stop_serving`, which records its output for the leak check."""
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        args = [str(HOST), "--wasm", str(WASM), "--kv", str(self.kv), "--serve", f"127.0.0.1:{port}"]
+        env = {"PATH": os.environ.get("PATH", ""), **variables}
+        server = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        first = server.stdout.readline()
+        assert first.startswith("listening on"), first
+        return server, f"http://127.0.0.1:{port}"
+
+    def stop_serving(self, server):
+        server.terminate()
+        output, _ = server.communicate(timeout=10)
+        self.outputs.append(output)
+
+    def request(self, method, url, token=None, body=None):
+        """One HTTP request; returns (status, parsed JSON or None). Answers are kept for
+        the leak check too."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        data = body.encode() if isinstance(body, str) else body
+        request = urllib.request.Request(url, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                status, text = response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            status, text = error.code, error.read().decode()
+        self.outputs.append(text)
+        return status, (json.loads(text) if text else None)
 
     def store(self):
         """The key-value store as the host left it."""

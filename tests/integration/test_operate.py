@@ -1,0 +1,132 @@
+"""Operating it: the admin API through the project's host with real HTTP requests, the
+command entry point, and scripts/register-team."""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from emulator import HOME_ACCOUNT, ROOT, account, team
+
+TOKEN = "test-admin-token-5b1e"
+
+
+@pytest.fixture
+def api(aws):
+    """The admin API serving against moto, with the rotator and one CI role ready."""
+    role = aws.ci_role(HOME_ACCOUNT)
+    keys = aws.rotator()
+    aws.enforce()
+    server, url = aws.serve(aws.variables(keys, admin_token=TOKEN))
+    yield url, role
+    aws.stop_serving(server)
+
+
+def test_healthz_is_open_and_everything_else_needs_the_token(aws, api):
+    url, _ = api
+    assert aws.request("GET", f"{url}/healthz") == (200, {"status": "ok"})
+    for token in (None, "wrong-token"):
+        status, body = aws.request("GET", f"{url}/teams", token)
+        assert (status, body["error"]["code"]) == (401, "unauthorized")
+    assert aws.request("GET", f"{url}/teams", TOKEN) == (200, {"teams": []})
+
+
+def test_without_an_admin_token_the_api_is_off_and_says_how_to_enable_it(aws):
+    keys = aws.rotator()
+    aws.enforce()
+    server, url = aws.serve(aws.variables(keys))
+    try:
+        status, body = aws.request("GET", f"{url}/teams", "anything")
+    finally:
+        aws.stop_serving(server)
+    assert status == 403
+    assert body["error"]["code"] == "admin_api_disabled"
+    assert "admin_token" in body["error"]["message"]
+
+
+def test_put_validates_and_stores_only_valid_documents(aws, api):
+    url, role = api
+    bad = {"name": "alpha", "accounts": [{"name": "../x", "roleArn": "arn:aws:s3:::bucket", "duration": 60}]}
+    status, body = aws.request("PUT", f"{url}/teams/alpha", TOKEN, json.dumps(bad))
+    assert status == 400
+    assert [p["field"] for p in body["error"]["problems"]] == [
+        "accounts[0].name", "accounts[0].roleArn", "accounts[0].duration",
+    ]
+    assert aws.request("GET", f"{url}/teams/alpha", TOKEN)[0] == 404
+    good = team("alpha", account("dev", role))
+    assert aws.request("PUT", f"{url}/teams/alpha", TOKEN, json.dumps(good)) == (201, {"team": "alpha", "accounts": 1})
+    assert aws.request("GET", f"{url}/teams/alpha", TOKEN) == (200, good)
+    assert aws.request("GET", f"{url}/teams", TOKEN) == (200, {"teams": ["alpha"]})
+    status, body = aws.request("PUT", f"{url}/teams/alpha", TOKEN, "x" * (64 * 1024 + 10))
+    assert (status, body["error"]["code"]) == (413, "body_too_large")
+    assert aws.request("DELETE", f"{url}/teams/alpha", TOKEN) == (204, None)
+    assert aws.request("GET", f"{url}/teams/alpha", TOKEN)[0] == 404
+
+
+def test_rotate_now_and_status(aws, api):
+    url, role = api
+    aws.request("PUT", f"{url}/teams/alpha", TOKEN, json.dumps(team("alpha", account("dev", role))))
+    status, body = aws.request("GET", f"{url}/teams/alpha/status", TOKEN)
+    assert status == 200
+    assert body["accounts"][0]["last_written"] is None
+    assert body["accounts"][0]["next_rotation_due"] == "next tick"
+
+    status, body = aws.request("POST", f"{url}/teams/alpha/rotate", TOKEN)
+    assert status == 200, body
+    [outcome] = body["outcomes"]
+    assert (outcome["event"], outcome["account"], outcome["reason"]) == ("account_rotated", "dev", "never_written")
+    assert aws.caller(aws.triple("/concourse/alpha/dev")).endswith("assumed-role/concourse-ci/alpha")
+
+    status, body = aws.request("GET", f"{url}/teams/alpha/status", TOKEN)
+    [state] = body["accounts"]
+    assert state["last_written"] and state["expiration"] and state["consecutive_failures"] == 0
+    assert state["next_rotation_due"] < state["expiration"]
+    status, body = aws.request("POST", f"{url}/teams/alpha/rotate", TOKEN)
+    assert body["outcomes"][0]["reason"] == "written_recently", "the ten-minute rule holds"
+    assert aws.request("POST", f"{url}/teams/nobody/rotate", TOKEN)[0] == 404
+
+
+def test_the_command_entry_point_runs_the_same_rotation(aws):
+    role = aws.ci_role(HOME_ACCOUNT)
+    keys = aws.rotator()
+    aws.enforce()
+    aws.kv.write_text(json.dumps({"team/alpha": json.dumps(team("alpha", account("dev", role)))}))
+    args = [str(ROOT / "target/host/concourse-sts-host"), "--kv", str(aws.kv), "--command"]
+    env = {"PATH": os.environ["PATH"], **aws.variables(keys)}
+    done = subprocess.run(args, env=env, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    aws.outputs.append(done.stdout + done.stderr)
+    assert done.returncode == 0, done.stderr
+    assert '"event":"account_rotated"' in done.stdout
+    assert aws.caller(aws.triple("/concourse/alpha/dev")).endswith("assumed-role/concourse-ci/alpha")
+    broken = {"PATH": os.environ["PATH"], **aws.variables(keys, secret_path_template="/x/{{.Nope}}")}
+    failed = subprocess.run(args, env=broken, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    aws.outputs.append(failed.stdout + failed.stderr)
+    assert failed.returncode == 1
+    assert "secret_path_template" in failed.stdout
+
+
+def test_register_team_validates_and_registers(aws, api, tmp_path):
+    url, role = api
+    script = str(ROOT / "scripts" / "register-team")
+    good = tmp_path / "alpha.json"
+    good.write_text(json.dumps(team("alpha", account("dev", role))))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(team("alpha", account("dev", role, duration=5))))
+    env = {**os.environ, "CONCOURSE_STS_URL": url, "CONCOURSE_STS_ADMIN_TOKEN": TOKEN}
+
+    refused = subprocess.run([script, str(bad)], env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1
+    assert "accounts[0].duration" in refused.stderr
+    assert aws.request("GET", f"{url}/teams/alpha", TOKEN)[0] == 404
+
+    done = subprocess.run([script, str(good)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert aws.request("GET", f"{url}/teams/alpha", TOKEN)[0] == 200
+
+    local = subprocess.run([script, "--local", str(good)], env=env, capture_output=True, text=True, timeout=120)
+    assert local.stdout.strip() == f'spin up --key-value "team/alpha=$(cat {good})"'
+
+    wrong = {**env, "CONCOURSE_STS_ADMIN_TOKEN": "nope"}
+    denied = subprocess.run([script, str(good)], env=wrong, capture_output=True, text=True, timeout=120)
+    assert denied.returncode == 1 and "401" in denied.stderr
