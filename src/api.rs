@@ -14,6 +14,7 @@
 //! | `DELETE /teams/{name}` | removes the document (the secrets stay) |
 //! | `GET /teams/{name}/status` | every account's rotation state, never a credential |
 //! | `POST /teams/{name}/rotate` | rotates the team now, same path as a tick |
+//! | `POST /rotate` | runs a full tick now (for hosts with no cron trigger) |
 
 use std::future::Future;
 
@@ -71,10 +72,12 @@ impl ApiResponse {
     }
 }
 
-/// Rotates one team now and reports what happened to each account.
+/// Rotates one team now (or, with `None`, runs a tick) and reports each account.
 pub trait Rotator {
-    fn rotate(&self, team: &str)
-        -> impl Future<Output = anyhow::Result<(TickSummary, Vec<Event>)>>;
+    fn rotate(
+        &self,
+        team: Option<&str>,
+    ) -> impl Future<Output = anyhow::Result<(TickSummary, Vec<Event>)>>;
 }
 
 /// Answers one request.
@@ -107,11 +110,14 @@ pub async fn handle(
         (["teams", name, "status"], "GET") => {
             team_name(name).and_then(|name| team_status(store, name))
         }
-        (["teams", name, "rotate"], "POST") => match team_name(name) {
-            Ok(name) => rotate_team(store, rotator, name).await,
-            Err(refusal) => Err(refusal),
-        },
-        (["teams", _, "status" | "rotate"], _) | (["teams"], _) => Err(not_allowed()),
+        (["teams", name, "rotate"], "POST") => {
+            match team_name(name).and_then(|name| stored_document(store, name).map(|_| name)) {
+                Ok(name) => rotate(rotator, Some(name)).await,
+                Err(refusal) => Err(refusal),
+            }
+        }
+        (["rotate"], "POST") => rotate(rotator, None).await,
+        (["teams", _, "status" | "rotate"], _) | (["teams"] | ["rotate"], _) => Err(not_allowed()),
         _ => Err(ApiResponse::error(
             404,
             "not_found",
@@ -270,14 +276,9 @@ fn team_status(store: &impl KeyValue, name: &str) -> Result<ApiResponse, ApiResp
     ))
 }
 
-async fn rotate_team(
-    store: &impl KeyValue,
-    rotator: &impl Rotator,
-    name: &str,
-) -> Result<ApiResponse, ApiResponse> {
-    stored_document(store, name)?;
+async fn rotate(rotator: &impl Rotator, team: Option<&str>) -> Result<ApiResponse, ApiResponse> {
     let (summary, events) = rotator
-        .rotate(name)
+        .rotate(team)
         .await
         .map_err(|error| ApiResponse::error(503, "rotation_unavailable", format!("{error:#}")))?;
     if summary.lease_busy {
@@ -307,7 +308,7 @@ async fn rotate_team(
     };
     Ok(ApiResponse::json(
         status,
-        json!({"team": name, "rotated": summary.rotated, "failed": summary.failed, "outcomes": outcomes}),
+        json!({"team": team, "rotated": summary.rotated, "failed": summary.failed, "outcomes": outcomes}),
     ))
 }
 

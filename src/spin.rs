@@ -172,10 +172,14 @@ struct SpinRotator<'s> {
 }
 
 impl Rotator for SpinRotator<'_> {
-    async fn rotate(&self, team: &str) -> anyhow::Result<(TickSummary, Vec<Event>)> {
+    async fn rotate(&self, team: Option<&str>) -> anyhow::Result<(TickSummary, Vec<Event>)> {
         let runtime = Runtime::load().map_err(anyhow::Error::msg)?;
         let sink = CollectingSink::default();
-        let summary = runtime.engine(self.store, &sink).rotate_team(team).await?;
+        let engine = runtime.engine(self.store, &sink);
+        let summary = match team {
+            Some(team) => engine.rotate_team(team).await?,
+            None => engine.run_tick().await?,
+        };
         Ok((summary, sink.0.into_inner()))
     }
 }

@@ -18,8 +18,11 @@ struct FakeRotator {
 }
 
 impl Rotator for FakeRotator {
-    async fn rotate(&self, team: &str) -> anyhow::Result<(TickSummary, Vec<Event>)> {
-        self.asked.borrow_mut().push(team.to_owned());
+    async fn rotate(&self, team: Option<&str>) -> anyhow::Result<(TickSummary, Vec<Event>)> {
+        self.asked
+            .borrow_mut()
+            .push(team.unwrap_or("(all)").to_owned());
+        let team = team.unwrap_or("alpha");
         let summary = TickSummary {
             rotated: 1,
             lease_busy: self.busy,
@@ -299,6 +302,23 @@ fn rotate_runs_the_team_and_reports_each_account() {
         1,
         "an unknown team is not rotated"
     );
+    let all = call_with(
+        &store,
+        &rotator,
+        Some(TOKEN),
+        "POST",
+        "/rotate",
+        "",
+        Some(&authorization),
+    );
+    assert_eq!(all.status, 200);
+    assert_eq!(all.body.unwrap()["team"], Value::Null);
+    assert_eq!(
+        rotator.asked.borrow().last().map(String::as_str),
+        Some("(all)")
+    );
+    let anonymous = call_with(&store, &rotator, Some(TOKEN), "POST", "/rotate", "", None);
+    assert_eq!(anonymous.status, 401);
 }
 
 #[test]

@@ -85,6 +85,9 @@ def test_rotate_now_and_status(aws, api):
     status, body = aws.request("POST", f"{url}/teams/alpha/rotate", TOKEN)
     assert body["outcomes"][0]["reason"] == "written_recently", "the ten-minute rule holds"
     assert aws.request("POST", f"{url}/teams/nobody/rotate", TOKEN)[0] == 404
+    status, body = aws.request("POST", f"{url}/rotate", TOKEN)
+    assert status == 200 and body["team"] is None
+    assert [(o["event"], o["account"]) for o in body["outcomes"]] == [("account_skipped", "dev")]
 
 
 def test_the_command_entry_point_runs_the_same_rotation(aws):
