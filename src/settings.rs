@@ -134,6 +134,11 @@ impl Settings {
                 0..=50,
                 u64::from(defaults.writes_per_second),
             )? as u32,
+            request_timeout: duration(
+                "request_timeout",
+                Duration::from_secs(1)..=Duration::from_secs(60),
+                defaults.request_timeout,
+            )?,
             ..defaults
         };
         Ok(Self {
@@ -212,6 +217,7 @@ pub(crate) mod tests {
             ("allowed_role_arns", "arn:aws:iam::*:role/ci-*"),
             ("rotate_before_expiry", "20m"),
             ("tick_budget", "90"),
+            ("request_timeout", "2s"),
             ("secretsmanager_writes_per_second", "0"),
             ("secret_format", "both"),
         ])
@@ -225,6 +231,11 @@ pub(crate) mod tests {
         assert!(!rules
             .allowed_roles
             .permits("arn:aws:iam::123456789012:role/admin"));
+        assert_eq!(rules.timing.rotate_before_expiry, Duration::from_secs(1200));
+        assert_eq!(rules.tick_budget, Duration::from_secs(90));
+        assert_eq!(rules.request_timeout, Duration::from_secs(2));
+        assert_eq!(rules.writes_per_second, 0);
+        assert_eq!(rules.secret_format, crate::template::SecretFormat::Both);
     }
 
     #[test]
@@ -247,6 +258,7 @@ pub(crate) mod tests {
             (("allowed_role_arns", "*"), "allowed_role_arns"),
             (("rotate_before_expiry", "1m"), "rotate_before_expiry"),
             (("tick_budget", "soon"), "tick_budget"),
+            (("request_timeout", "0"), "request_timeout"),
             (
                 ("secretsmanager_writes_per_second", "51"),
                 "secretsmanager_writes_per_second",

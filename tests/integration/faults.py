@@ -3,7 +3,8 @@
 Each request is forwarded to moto unchanged (so signatures still verify) unless the seeded
 random draw picks a fault: HTTP 500/503, throttling in the shape of the protocol asked
 (STS XML `Throttling`, Secrets Manager JSON `ThrottlingException`), added latency, a
-connection reset, a truncated body, garbage, or an endless body.
+connection reset, a truncated body, garbage, an endless body, or silence (the request is
+read and never answered).
 """
 
 import http.client
@@ -13,7 +14,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
-KINDS = ("http500", "http503", "throttle", "latency", "reset", "truncated", "garbage", "huge")
+KINDS = ("http500", "http503", "throttle", "latency", "reset", "truncated", "garbage", "huge", "silent")
 
 
 class FaultProxy:
@@ -25,6 +26,7 @@ class FaultProxy:
         self.random = random.Random(seed)
         self.lock = threading.Lock()
         self.injected = []
+        self.stopping = threading.Event()
         self.forwarded = 0
         proxy = self
 
@@ -48,6 +50,7 @@ class FaultProxy:
         return self
 
     def __exit__(self, *exc):
+        self.stopping.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -89,6 +92,9 @@ class FaultProxy:
             handler.wfile.write(payload[: len(payload) // 2])
             handler.close_connection = True
             handler.connection.shutdown(socket.SHUT_RDWR)
+        elif kind == "silent":
+            self.stopping.wait(60)
+            handler.close_connection = True
         elif kind == "garbage":
             reply(handler, 200, bytes(self.random.getrandbits(8) for _ in range(200)), "text/xml")
         elif kind == "huge":

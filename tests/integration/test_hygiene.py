@@ -15,6 +15,7 @@ EXPECTED_CODES = {
     "truncated": None,
     "garbage": None,
     "huge": None,
+    "silent": None,
 }
 
 
@@ -24,7 +25,8 @@ def test_every_fault_class_is_reported_without_a_trap_or_a_leak(aws, kind):
     keys = aws.rotator()
     aws.enforce()
     with FaultProxy(aws.url, kinds=[kind], rate=1.0) as proxy:
-        run = aws.run(aws.variables(keys, aws_endpoint_url=proxy.url), [team("alpha", account("dev", role))])
+        variables = aws.variables(keys, aws_endpoint_url=proxy.url, request_timeout="2s")
+        run = aws.run(variables, [team("alpha", account("dev", role))])
     assert run.returncode == 1, run.stderr
     assert "trapped" not in run.stderr
     [failure] = run.of("account_failed")
@@ -32,6 +34,22 @@ def test_every_fault_class_is_reported_without_a_trap_or_a_leak(aws, kind):
     assert failure.get("code") == EXPECTED_CODES[kind]
     assert failure["error"]
     assert proxy.injected, "the proxy injected nothing"
+
+
+def test_a_silent_endpoint_cannot_hold_a_tick(aws):
+    role = aws.ci_role(HOME_ACCOUNT)
+    keys = aws.rotator()
+    aws.enforce()
+    with FaultProxy(aws.url, kinds=["silent"], rate=1.0) as proxy:
+        variables = aws.variables(keys, aws_endpoint_url=proxy.url, request_timeout="2s")
+        # The proxy would stay silent for a minute; each request gives up after two
+        # seconds, so the tick ends (the host's own run is not what stops it).
+        run = aws.run(variables, [team("alpha", account("dev", role))])
+    assert run.returncode == 1
+    attempts = run.of("attempt_failed")
+    assert len(attempts) == 3
+    assert all("no complete answer within 2s" in a["error"] for a in attempts)
+    assert run.of("tick_finished")
 
 
 def test_failures_after_credentials_were_issued_do_not_leak_them(aws):
