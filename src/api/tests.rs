@@ -347,3 +347,24 @@ fn bad_names_unknown_routes_and_methods_have_clear_errors() {
         "method_not_allowed"
     );
 }
+
+proptest::proptest! {
+    /// Any method, path, header and body gets an answer with the stable error shape,
+    /// never a panic.
+    #[test]
+    fn every_request_gets_an_answer(
+        method in "(GET|PUT|POST|DELETE|PATCH|[A-Z]{0,8})",
+        path in "(/teams(/[a-zA-Z0-9._%-]{0,12}(/(status|rotate|[a-z]{0,6}))?)?|/rotate|/healthz|/[ -~]{0,20})",
+        authorization in proptest::option::of("(Bearer )?[ -~]{0,24}"),
+        body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+    ) {
+        let store = MemoryStore::default().with("team/alpha", TEAM);
+        let rotator = FakeRotator::default();
+        let request = ApiRequest { method: &method, path: &path, authorization: authorization.as_deref(), body: &body };
+        let response = futures::executor::block_on(handle(&request, Some(TOKEN), &store, &rotator));
+        if response.status >= 400 {
+            let body = response.body.unwrap();
+            proptest::prop_assert!(body["error"]["code"].is_string() && body["error"]["message"].is_string());
+        }
+    }
+}

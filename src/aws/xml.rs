@@ -28,7 +28,7 @@ pub(crate) fn child_texts(xml: &str, parent: &str) -> Option<BTreeMap<String, St
                 path.push(name);
                 text.clear();
             }
-            Event::Empty(element) if parent_depth == Some(path.len() - 1) => {
+            Event::Empty(element) if parent_depth.is_some_and(|depth| depth + 1 == path.len()) => {
                 let name = String::from_utf8(element.local_name().as_ref().to_vec()).ok()?;
                 children.entry(name).or_insert_with(String::new);
             }
@@ -95,5 +95,8 @@ mod tests {
         );
         assert_eq!(child_texts("", "Error"), None);
         assert_eq!(child_texts("not xml at all", "Error"), None);
+        // Found by cargo fuzz: an empty element at the top level.
+        assert_eq!(child_texts("<Error/>", "Error"), None);
+        assert_eq!(child_texts("<a/>", "Error"), None);
     }
 }
