@@ -42,7 +42,7 @@ fn any_input(seed: &'static str) -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn answer(status: u16, body: Vec<u8>) -> HttpResponse {
-    HttpResponse { status, body }
+    HttpResponse::new(status, body)
 }
 
 fn valid_name() -> impl Strategy<Value = String> {

@@ -66,10 +66,7 @@ impl Future for YieldOnce {
 }
 
 fn reply(status: u16, body: impl Into<String>) -> HttpResponse {
-    HttpResponse {
-        status,
-        body: body.into().into_bytes(),
-    }
+    HttpResponse::new(status, body.into())
 }
 
 impl FakeAws {

@@ -97,12 +97,8 @@ impl key_value::Host for TickState {}
 
 impl key_value::HostStore for TickState {
     fn open(&mut self, label: String) -> Result<Resource<KeyValueHandle>, key_value::Error> {
-        if label != "default" {
-            return Err(key_value::Error::NoSuchStore);
-        }
-        self.table
-            .push(KeyValueHandle)
-            .map_err(|e| key_value::Error::Other(e.to_string()))
+        self.open_default(&label)
+            .map_err(|e| e.map_or(key_value::Error::NoSuchStore, key_value::Error::Other))
     }
 
     fn get(
@@ -148,12 +144,8 @@ impl key_value::HostStore for TickState {
 
 impl wasi_store::Host for TickState {
     fn open(&mut self, identifier: String) -> Result<Resource<KeyValueHandle>, wasi_store::Error> {
-        if identifier != "default" {
-            return Err(wasi_store::Error::NoSuchStore);
-        }
-        self.table
-            .push(KeyValueHandle)
-            .map_err(|e| wasi_store::Error::Other(e.to_string()))
+        self.open_default(&identifier)
+            .map_err(|e| e.map_or(wasi_store::Error::NoSuchStore, wasi_store::Error::Other))
     }
 }
 
@@ -280,6 +272,17 @@ impl atomics::HostCas for TickState {
 }
 
 impl TickState {
+    /// Opens the one store there is, for both key-value interfaces: `Err(None)` for any
+    /// other label, `Err(Some(reason))` when the handle cannot be made.
+    fn open_default(&mut self, label: &str) -> Result<Resource<KeyValueHandle>, Option<String>> {
+        if label != "default" {
+            return Err(None);
+        }
+        self.table
+            .push(KeyValueHandle)
+            .map_err(|e| Some(e.to_string()))
+    }
+
     fn entries(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<u8>>> {
         self.key_value
             .lock()
