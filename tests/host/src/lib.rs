@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use wasmtime::component::{Component, Linker, Resource, ResourceTable};
 use wasmtime::{Config, Engine, Store};
+use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -311,6 +312,7 @@ impl HostWallClock for ShiftedWallClock {
 pub struct Host {
     engine: Engine,
     pre: CronHostPre<TickState>,
+    command: CommandPre<TickState>,
     proxy: Option<ProxyPre<TickState>>,
     key_value: KeyValue,
     variables: Arc<HashMap<String, String>>,
@@ -339,11 +341,15 @@ impl Host {
         atomics::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
         let instance_pre = linker.instantiate_pre(&component)?;
         let pre = CronHostPre::new(instance_pre.clone())?;
+        // wasmtime-wasi's own command world (wasi:cli@0.2.12), as Spin's command trigger
+        // binds it: the component's wasi:cli/run@0.2.0 export is found by semver.
+        let command = CommandPre::new(instance_pre.clone())?;
         // The admin API's handler, when the component exports one.
         let proxy = ProxyPre::new(instance_pre).ok();
         Ok(Self {
             engine,
             pre,
+            command,
             proxy,
             key_value,
             variables: Arc::new(variables),
@@ -393,8 +399,8 @@ impl Host {
     /// The outer error is a trap; the inner one the component's failure status.
     pub async fn run_command(&self) -> anyhow::Result<Result<(), ()>> {
         let mut store = self.new_store();
-        let instance = self.pre.instantiate_async(&mut store).await?;
-        Ok(instance.wasi_cli_run().call_run(&mut store).await?)
+        let command = self.command.instantiate_async(&mut store).await?;
+        Ok(command.wasi_cli_run().call_run(&mut store).await?)
     }
 
     /// Answers one HTTP request with the component's `wasi:http/incoming-handler`, as
