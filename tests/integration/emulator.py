@@ -262,6 +262,13 @@ class Emulator:
         sm = self.admin_client("secretsmanager")
         return sorted(s["Name"] for page in sm.get_paginator("list_secrets").paginate() for s in page["SecretList"])
 
+    def assert_working(self, expected):
+        """Every path's three secrets exist and STS says their credentials are `expected[path]`."""
+        for path, arn in expected.items():
+            triple = self.triple(path)
+            assert all(triple), f"{path} is missing a secret"
+            assert self.caller(triple) == arn, path
+
     def all_secret_values(self):
         return [self.secret(name) for name in self.secret_names()]
 

@@ -17,15 +17,16 @@ def three_accounts(aws):
     ]
 
 
-PATHS = ["/concourse/alpha/dev", "/concourse/alpha/prod", "/concourse/beta/lab"]
+WORKING = {
+    "/concourse/alpha/dev": f"arn:aws:sts::{HOME_ACCOUNT}:assumed-role/concourse-ci/alpha",
+    "/concourse/alpha/prod": f"arn:aws:sts::{OTHER_ACCOUNT}:assumed-role/concourse-ci/alpha",
+    "/concourse/beta/lab": f"arn:aws:sts::{OTHER_ACCOUNT}:assumed-role/concourse-ci/beta",
+}
+PATHS = list(WORKING)
 
 
 def assert_all_working(aws):
-    for path in PATHS:
-        triple = aws.triple(path)
-        assert all(triple), f"{path} is missing a secret"
-        team_name = path.split("/")[2]
-        assert aws.caller(triple).endswith(f"/{team_name}"), path
+    aws.assert_working(WORKING)
 
 
 def test_accounts_rotate_only_when_due_and_the_log_says_why(aws):

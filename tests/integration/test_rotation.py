@@ -24,11 +24,8 @@ EXPECTED = {
 }
 
 
-def assert_working_triples(aws, expected=EXPECTED):
-    for (team_name, account_name), arn in expected.items():
-        triple = aws.triple(f"/concourse/{team_name}/{account_name}")
-        assert all(triple), f"{team_name}/{account_name} is missing a secret"
-        assert aws.caller(triple) == arn
+def assert_working_triples(aws):
+    aws.assert_working({f"/concourse/{team}/{account}": arn for (team, account), arn in EXPECTED.items()})
 
 
 def test_two_teams_three_accounts_two_account_ids_rotate_in_one_tick(aws):
