@@ -293,9 +293,9 @@ impl EventSink for StdoutSink {
     }
 }
 
-/// Spin's outbound HTTP, with a deadline and a cap on the answer's size. spin-sdk 5.2's
-/// `send` takes no `wasi:http` request options, so the deadline races a WASI timer: it
-/// covers connecting, the first byte and the whole body alike.
+/// Spin's outbound HTTP, with timeouts and a cap on the answer's size. The host enforces
+/// `wasi:http` request options (connect, first byte, between bytes); a WASI timer also
+/// bounds the whole exchange, body included, whatever the host honours.
 struct SpinTransport {
     timeout: Duration,
 }
@@ -303,9 +303,7 @@ struct SpinTransport {
 impl Transport for SpinTransport {
     async fn send(&self, request: http::Request<Vec<u8>>) -> Result<HttpResponse, TransportError> {
         let exchange = async {
-            let response: IncomingResponse = spin_sdk::http::send(request)
-                .await
-                .map_err(|e| TransportError(e.to_string()))?;
+            let response = send_with_options(request, self.timeout).await?;
             read_limited(response).await
         };
         futures::pin_mut!(exchange);
@@ -317,6 +315,51 @@ impl Transport for SpinTransport {
             ))),
         }
     }
+}
+
+/// `outgoing-handler.handle` with request options. (spin-sdk 5.2's `send` passes none.)
+async fn send_with_options(
+    request: http::Request<Vec<u8>>,
+    timeout: Duration,
+) -> Result<IncomingResponse, TransportError> {
+    use spin_sdk::http::conversions::TryIntoOutgoingRequest;
+    use spin_sdk::wit::wasi::http0_2_0::{outgoing_handler, types};
+    let failed = |what: &str| TransportError(format!("sending the request: {what}"));
+    let (outgoing, body) = request
+        .try_into_outgoing_request()
+        .map_err(|e| failed(&e.to_string()))?;
+    let options = types::RequestOptions::new();
+    let nanos = Some(u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX));
+    // A host that does not support one of these refuses it; the timer still applies.
+    let _ = options.set_connect_timeout(nanos);
+    let _ = options.set_first_byte_timeout(nanos);
+    let _ = options.set_between_bytes_timeout(nanos);
+    let outgoing_body = outgoing.body().map_err(|()| failed("no request body"))?;
+    let pending =
+        outgoing_handler::handle(outgoing, Some(options)).map_err(|e| failed(&format!("{e:?}")))?;
+    {
+        let stream = outgoing_body.write().map_err(|()| failed("body stream"))?;
+        // Bodies here are a few hundred bytes; the stream takes 4096 at a time.
+        for chunk in body.unwrap_or_default().chunks(4096) {
+            stream
+                .blocking_write_and_flush(chunk)
+                .map_err(|e| failed(&format!("{e:?}")))?;
+        }
+    }
+    types::OutgoingBody::finish(outgoing_body, None).map_err(|e| failed(&format!("{e:?}")))?;
+    let mut registration: Option<spin_executor::CancelOnDropToken> = None;
+    futures::future::poll_fn(|cx| match pending.get() {
+        Some(Ok(Ok(response))) => Poll::Ready(Ok(response)),
+        Some(Ok(Err(code))) => Poll::Ready(Err(TransportError(format!("{code:?}")))),
+        Some(Err(())) => Poll::Ready(Err(failed("the response was already taken"))),
+        None => {
+            let token =
+                spin_executor::push_waker_and_get_token(pending.subscribe(), cx.waker().clone());
+            registration = Some(token.into());
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 async fn read_limited(response: IncomingResponse) -> Result<HttpResponse, TransportError> {

@@ -48,7 +48,10 @@ def test_a_silent_endpoint_cannot_hold_a_tick(aws):
     assert run.returncode == 1
     attempts = run.of("attempt_failed")
     assert len(attempts) == 3
-    assert all("no complete answer within 2s" in a["error"] for a in attempts)
+    # Whichever gives up first: the host enforcing the request options' first-byte
+    # timeout, or the component's own timer around the whole exchange.
+    timeouts = ("ErrorCode::ConnectionReadTimeout", "no complete answer within 2s")
+    assert all(any(t in a["error"] for t in timeouts) for a in attempts), attempts
     assert run.of("tick_finished")
 
 
