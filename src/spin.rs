@@ -134,12 +134,11 @@ async fn admin_api(request: IncomingRequest) -> Response {
             )
             .await
         }
-        Err(error) => ApiResponse {
-            status: 503,
-            body: Some(
-                serde_json::json!({"error": {"code": "store_unavailable", "message": format!("{error:#}")}}),
-            ),
-        },
+        Err(error) => ApiResponse::error(
+            503,
+            "store_unavailable",
+            format!("key-value store: {error:#}"),
+        ),
     };
     let mut response = Response::builder();
     response.status(answer.status);
