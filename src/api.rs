@@ -172,7 +172,8 @@ fn team_name(name: &str) -> Result<&str, ApiResponse> {
     }
 }
 
-fn store_failed(error: anyhow::Error) -> ApiResponse {
+/// The answer when the key-value store cannot be reached.
+pub fn store_failed(error: anyhow::Error) -> ApiResponse {
     ApiResponse::error(
         503,
         "store_unavailable",

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use spin_sdk::http::{IncomingRequest, IncomingResponse, Response};
 use spin_sdk::key_value::Store;
 
-use crate::api::{self, ApiRequest, ApiResponse, Rotator};
+use crate::api::{self, ApiRequest, Rotator};
 use crate::aws::{AwsClient, HttpResponse, Transport, TransportError};
 use crate::clock::Clock;
 use crate::rotate::{Engine, Event, EventSink, TickSummary};
@@ -134,11 +134,7 @@ async fn admin_api(request: IncomingRequest) -> Response {
             )
             .await
         }
-        Err(error) => ApiResponse::error(
-            503,
-            "store_unavailable",
-            format!("key-value store: {error:#}"),
-        ),
+        Err(error) => api::store_failed(error),
     };
     let mut response = Response::builder();
     response.status(answer.status);
