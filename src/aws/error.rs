@@ -68,7 +68,8 @@ impl AwsError {
                 .filter(|secret| !secret.is_empty())
                 .fold(text, |text, secret| text.replace(secret, "[REDACTED]"))
         };
-        match self {
+        // An answer from a hostile endpoint could echo a secret in the code, too.
+        match self.map_text(&scrub) {
             AwsError::Service {
                 status,
                 code,
@@ -76,9 +77,9 @@ impl AwsError {
             } => AwsError::Service {
                 status,
                 code: scrub(code),
-                message: scrub(message),
+                message,
             },
-            other => other.map_text(scrub),
+            other => other,
         }
     }
 
@@ -173,6 +174,18 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "SignatureDoesNotMatch (HTTP 403): key [REDACTED] with token [REDACTED] and again [REDACTED]"
+        );
+        let echoed = AwsError::Service {
+            status: 400,
+            code: "Bad-TOK".into(),
+            message: String::new(),
+        }
+        .redacted(&["TOK"]);
+        assert_eq!(echoed.code(), Some("Bad-[REDACTED]"));
+        let transport = AwsError::Transport("reset after TOK".into()).redacted(&["TOK"]);
+        assert_eq!(
+            transport.to_string(),
+            "transport error: reset after [REDACTED]"
         );
     }
 
