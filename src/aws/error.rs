@@ -69,7 +69,7 @@ impl AwsError {
                 .fold(text, |text, secret| text.replace(secret, "[REDACTED]"))
         };
         // An answer from a hostile endpoint could echo a secret in the code, too.
-        match self.map_text(&scrub) {
+        match self.map_text(scrub) {
             AwsError::Service {
                 status,
                 code,
