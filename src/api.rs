@@ -56,7 +56,7 @@ impl ApiResponse {
     }
 
     /// Errors have one stable shape: `{"error": {"code", "message", "problems"?}}`.
-    pub fn error(status: u16, code: &str, message: impl Into<String>) -> Self {
+    fn error(status: u16, code: &str, message: impl Into<String>) -> Self {
         Self::json(
             status,
             json!({"error": {"code": code, "message": message.into()}}),

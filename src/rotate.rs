@@ -334,6 +334,7 @@ impl<T: Transport, C: Clock, K: KeyValue, S: EventSink> Engine<'_, T, C, K, S> {
             teams: teams.len() + invalid.len(),
         });
         let mut summary = TickSummary::default();
+        let invalid_names: Vec<String> = invalid.iter().map(|t| t.team().to_owned()).collect();
         for team in invalid {
             summary.invalid_teams.push(team.key.clone());
             self.sink.emit(&Event::TeamInvalid {
@@ -342,10 +343,9 @@ impl<T: Transport, C: Clock, K: KeyValue, S: EventSink> Engine<'_, T, C, K, S> {
                 problems: team.problems,
             });
         }
-        let known: Vec<&str> = summary
-            .invalid_teams
+        let known: Vec<&str> = invalid_names
             .iter()
-            .map(|key| key.trim_start_matches(TEAM_KEY_PREFIX))
+            .map(String::as_str)
             .chain(teams.iter().map(|team| team.name.as_str()))
             .collect();
         let states = States::load(self.store, &teams, &known, scope == Scope::All, self.sink)?;

@@ -157,10 +157,6 @@ impl<T: Transport> AwsClient<T> {
         }
     }
 
-    pub fn endpoints(&self) -> &Endpoints {
-        &self.endpoints
-    }
-
     /// `sts:AssumeRole`.
     pub async fn assume_role(
         &self,

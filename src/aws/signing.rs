@@ -33,10 +33,6 @@ impl Signer {
         }
     }
 
-    pub fn region(&self) -> &str {
-        &self.region
-    }
-
     /// Adds `x-amz-date`, `authorization` and, for a session, `x-amz-security-token`.
     /// Every header already on the request (including `content-length`) is signed.
     pub fn sign(
