@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::clock::rfc3339;
 use crate::config::{parse_team, Problem, MAX_DOCUMENT_BYTES, TEAM_KEY_PREFIX};
 use crate::names::name_problem;
 use crate::rotate::{Event, TickSummary};
@@ -262,9 +263,9 @@ fn team_status(store: &impl KeyValue, name: &str) -> Result<ApiResponse, ApiResp
             json!({
                 "account": account.name,
                 "role_arn": account.role_arn,
-                "last_written": current.written_at,
-                "expiration": current.expiration,
-                "next_rotation_due": if due_now { json!("next tick") } else { json!(current.rotate_after) },
+                "last_written": current.written_at.as_ref().map(rfc3339::format),
+                "expiration": current.expiration.as_ref().map(rfc3339::format),
+                "next_rotation_due": if due_now { json!("next tick") } else { json!(current.rotate_after.as_ref().map(rfc3339::format)) },
                 "consecutive_failures": current.consecutive_failures,
                 "incomplete": current.incomplete,
                 "last_error": current.last_error,

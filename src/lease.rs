@@ -14,6 +14,7 @@ pub const LEASE_KEY: &str = "lease/rotation";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct LeaseRecord {
     holder: String,
+    #[serde(with = "crate::clock::rfc3339")]
     expires_at: DateTime<Utc>,
 }
 

@@ -145,13 +145,17 @@ impl Event {
 
     /// One JSON log line: time, level, then the event's own fields.
     pub fn to_log_line(&self, time: DateTime<Utc>) -> String {
-        let mut line = serde_json::Map::new();
-        line.insert("time".into(), format_time(time).into());
-        line.insert("level".into(), self.level().into());
-        if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(self) {
-            line.extend(fields);
+        // Spliced rather than merged through a `serde_json::Map`, which would cost the
+        // component a map type of its own: the event is `{"event":...}`, never empty.
+        let head = format!(
+            r#"{{"time":"{}","level":"{}""#,
+            format_time(time),
+            self.level()
+        );
+        match serde_json::to_string(self) {
+            Ok(fields) if fields.len() > 2 => format!("{head},{}", &fields[1..]),
+            _ => format!("{head}}}"),
         }
-        serde_json::Value::Object(line).to_string()
     }
 }
 
@@ -253,11 +257,13 @@ impl Default for RotationRules {
 const LEASE_MARGIN: Duration = Duration::from_secs(60);
 
 /// Everything a tick runs on.
-pub struct Engine<'a, T, C, K, S> {
+pub struct Engine<'a, T, C, K> {
     pub client: &'a AwsClient<T>,
     pub clock: &'a C,
     pub store: &'a K,
-    pub sink: &'a S,
+    /// A trait object, so the cron tick and the admin API (which also collects the
+    /// events) share one copy of the engine in the component.
+    pub sink: &'a dyn EventSink,
     pub rules: &'a RotationRules,
 }
 
@@ -282,7 +288,7 @@ struct Job {
     urgency: Option<DateTime<Utc>>,
 }
 
-impl<T: Transport, C: Clock, K: KeyValue, S: EventSink> Engine<'_, T, C, K, S> {
+impl<T: Transport, C: Clock, K: KeyValue> Engine<'_, T, C, K> {
     /// Runs one tick, unless another holds the lease.
     pub async fn run_tick(&self) -> anyhow::Result<TickSummary> {
         self.run(Scope::All).await
@@ -712,7 +718,7 @@ impl<'k, K: KeyValue> States<'k, K> {
         teams: &[TeamDocument],
         known: &[&str],
         prune: bool,
-        sink: &impl EventSink,
+        sink: &dyn EventSink,
     ) -> anyhow::Result<Self> {
         for key in store.keys()?.into_iter().filter(|_| prune) {
             let Some(team) = key.strip_prefix(STATE_PREFIX) else {

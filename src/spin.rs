@@ -89,11 +89,11 @@ impl Runtime {
         Ok(Self { settings, client })
     }
 
-    fn engine<'a, S: EventSink>(
+    fn engine<'a>(
         &'a self,
         store: &'a SpinStore,
-        sink: &'a S,
-    ) -> Engine<'a, SpinTransport, WasiClock, SpinStore, S> {
+        sink: &'a dyn EventSink,
+    ) -> Engine<'a, SpinTransport, WasiClock, SpinStore> {
         Engine {
             client: &self.client,
             clock: &WasiClock,

@@ -37,9 +37,12 @@ pub struct TeamState {
 pub struct AccountState {
     /// Of the configuration and rendered path the last complete write used.
     pub fingerprint: String,
+    #[serde(default, with = "crate::clock::rfc3339::option")]
     pub written_at: Option<DateTime<Utc>>,
+    #[serde(default, with = "crate::clock::rfc3339::option")]
     pub expiration: Option<DateTime<Utc>>,
     /// When the next rotation is due: before expiry, minus a little jitter.
+    #[serde(default, with = "crate::clock::rfc3339::option")]
     pub rotate_after: Option<DateTime<Utc>>,
     #[serde(default)]
     pub consecutive_failures: u32,
@@ -70,6 +73,7 @@ pub enum Stage {
 /// The last failure of an account, without any credential.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LastError {
+    #[serde(with = "crate::clock::rfc3339")]
     pub at: DateTime<Utc>,
     pub stage: Stage,
     pub code: Option<String>,
@@ -360,5 +364,35 @@ mod tests {
         assert_eq!(serde_json::from_str::<TeamState>(&text).unwrap(), team);
         let sparse: TeamState = serde_json::from_str(r#"{"accounts":{"a":{"fingerprint":"f","written_at":null,"expiration":null,"rotate_after":null,"last_error":null}}}"#).unwrap();
         assert!(!sparse.accounts["a"].incomplete);
+        let bare: TeamState =
+            serde_json::from_str(r#"{"accounts":{"a":{"fingerprint":"f"}}}"#).unwrap();
+        assert_eq!(bare.accounts["a"].written_at, None);
+    }
+
+    #[test]
+    fn stored_times_are_rfc3339_and_bad_ones_are_refused() {
+        let mut account = written(0, 28);
+        account.written_at = Some(at(0) + chrono::Duration::milliseconds(250));
+        let text = serde_json::to_string(&account).unwrap();
+        assert!(
+            text.contains(r#""written_at":"2030-03-17T17:46:40.250Z""#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""expiration":"2030-03-17T18:46:40Z""#),
+            "{text}"
+        );
+        // What chrono's own serde support wrote, offsets included, still reads.
+        let older = r#"{"fingerprint":"f","written_at":"2030-03-17T17:46:40.250+00:00","expiration":"2030-03-17T19:46:40+01:00"}"#;
+        let read: AccountState = serde_json::from_str(older).unwrap();
+        assert_eq!(read.written_at, account.written_at);
+        assert_eq!(read.expiration, account.expiration);
+        for bad in [r#""yesterday""#, "12", r#""2030-13-01T00:00:00Z""#] {
+            let text = format!(r#"{{"fingerprint":"f","expiration":{bad}}}"#);
+            assert!(
+                serde_json::from_str::<AccountState>(&text).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

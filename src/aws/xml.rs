@@ -2,19 +2,17 @@
 //! element, read with quick-xml's streaming reader. (Its serde layer would more than
 //! double the component's XML code for the few fields STS answers with.)
 
-use std::collections::BTreeMap;
-
 use quick_xml::events::Event;
 use quick_xml::Reader;
 
 /// The texts of the elements directly inside the first element named `parent` (local
 /// names, namespaces ignored; the first of repeated names wins). `None` for anything that
 /// is not a complete, well-formed document containing such an element.
-pub(crate) fn child_texts(xml: &str, parent: &str) -> Option<BTreeMap<String, String>> {
+pub(crate) fn child_texts(xml: &str, parent: &str) -> Option<Children> {
     let mut reader = Reader::from_str(xml);
     let mut path: Vec<String> = Vec::new();
     let mut text = String::new();
-    let mut children = BTreeMap::new();
+    let mut children = Children::default();
     // The depth of the `parent` element while inside it; then whether it was closed.
     let mut parent_depth: Option<usize> = None;
     let mut complete = false;
@@ -30,7 +28,7 @@ pub(crate) fn child_texts(xml: &str, parent: &str) -> Option<BTreeMap<String, St
             }
             Event::Empty(element) if parent_depth.is_some_and(|depth| depth + 1 == path.len()) => {
                 let name = String::from_utf8(element.local_name().as_ref().to_vec()).ok()?;
-                children.entry(name).or_insert_with(String::new);
+                children.insert(name, String::new());
             }
             Event::Text(content) => text.push_str(&content.decode().ok()?),
             Event::CData(content) => text.push_str(&content.decode().ok()?),
@@ -42,7 +40,7 @@ pub(crate) fn child_texts(xml: &str, parent: &str) -> Option<BTreeMap<String, St
                 let name = path.pop()?;
                 match parent_depth {
                     Some(depth) if path.len() == depth + 1 => {
-                        children.entry(name).or_insert_with(|| text.clone());
+                        children.insert(name, text.clone());
                     }
                     Some(depth) if path.len() == depth => {
                         parent_depth = None;
@@ -59,6 +57,26 @@ pub(crate) fn child_texts(xml: &str, parent: &str) -> Option<BTreeMap<String, St
     (complete && path.is_empty()).then_some(children)
 }
 
+/// The child elements' texts by name. A handful per answer: a list, since a map type
+/// would be one more copy of its code in the component.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Children(Vec<(String, String)>);
+
+impl Children {
+    /// Keeps the first text of a repeated name.
+    fn insert(&mut self, name: String, text: String) {
+        if !self.0.iter().any(|(known, _)| *known == name) {
+            self.0.push((name, text));
+        }
+    }
+
+    /// Takes the text of `name` out.
+    pub(crate) fn remove(&mut self, name: &str) -> Option<String> {
+        let index = self.0.iter().position(|(known, _)| known == name)?;
+        Some(self.0.swap_remove(index).1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,11 +86,12 @@ mod tests {
         let xml = r#"<?xml version="1.0"?><R xmlns="urn:x"><Other><Code>no</Code></Other>
             <Error><Type>Sender</Type><Code>A&amp;B</Code><Message><![CDATA[x < y]]> &#65;</Message><Empty/></Error>
             <Error><Code>second</Code></Error></R>"#;
-        let children = child_texts(xml, "Error").unwrap();
-        assert_eq!(children["Code"], "A&B");
-        assert_eq!(children["Type"], "Sender");
-        assert_eq!(children["Message"], "x < y A");
-        assert_eq!(children["Empty"], "");
+        let mut children = child_texts(xml, "Error").unwrap();
+        assert_eq!(children.remove("Code").unwrap(), "A&B");
+        assert_eq!(children.remove("Type").unwrap(), "Sender");
+        assert_eq!(children.remove("Message").unwrap(), "x < y A");
+        assert_eq!(children.remove("Empty").unwrap(), "");
+        assert_eq!(children.remove("Code"), None);
     }
 
     #[test]
