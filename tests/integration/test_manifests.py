@@ -46,8 +46,10 @@ def test_spin_toml_is_a_complete_spin_3_manifest():
     assert len(cron["cron_expression"].split()) == 6, "seconds first: five fields stop the host"
     [http] = manifest["trigger"]["http"]
     assert http["component"] == "concourse-sts-api"
-    build = manifest["component"]["concourse-sts"]["build"]["command"]
-    assert "--target wasm32-wasip2" in build and "--release" in build
+    assert manifest["component"]["concourse-sts"]["build"]["command"] == "scripts/build"
+    build = (ROOT / "scripts" / "lib.sh").read_text()
+    assert "--release --target wasm32-wasip2 -p concourse-sts" in build
+    assert '"$ROOT/target/host/concourse-sts-optimize" "$CARGO_WASM" "$WASM"' in build
     secret = {name for name, v in manifest["variables"].items() if v.get("secret")}
     assert {"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "admin_token"} <= secret
 

@@ -24,11 +24,14 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 #[derive(Parser, Clone)]
 #[command(about = "Benchmark one concourse-sts tick against a fake AWS")]
 struct Args {
+    #[arg(long, default_value = "target/concourse-sts.wasm")]
+    wasm: PathBuf,
+    /// cargo's component before wasm-opt, whose size is printed beside it.
     #[arg(
         long,
         default_value = "target/wasm32-wasip2/release/concourse_sts.wasm"
     )]
-    wasm: PathBuf,
+    cargo_wasm: PathBuf,
     /// N: accounts (in teams of 10).
     #[arg(long, default_value_t = 500)]
     accounts: usize,
@@ -250,7 +253,12 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     };
 
     let peak = peak_rss_mb();
-    println!("peak RSS {peak:.1} MB, .wasm {wasm_bytes} bytes");
+    let cargo_bytes = std::fs::metadata(&args.cargo_wasm).map(|m| m.len()).ok();
+    println!(
+        "peak RSS {peak:.1} MB, .wasm {wasm_bytes} bytes ({} KiB; cargo's output before wasm-opt: {} bytes)",
+        wasm_bytes / 1024,
+        cargo_bytes.map_or("unknown".to_owned(), |b| b.to_string())
+    );
     let figures = json!({
         "n": args.accounts,
         "latency_ms": args.latency_ms,
@@ -264,6 +272,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         "cpu_ms_per_account": round(cpu * 1000.0 / n, 3),
         "peak_rss_mb": round(peak, 1),
         "wasm_bytes": wasm_bytes,
+        "cargo_wasm_bytes": cargo_bytes,
         "idle_wall_ms": round(idle * 1000.0, 1),
         "idle_calls": idle_calls,
         "quota_wall_s": quota_wall,
