@@ -19,6 +19,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 pub mod fake_aws;
+mod outbound;
 
 wasmtime::component::bindgen!({
     path: "wit",
@@ -53,6 +54,7 @@ pub struct CasHandle {
 struct TickState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
+    outbound: outbound::PooledHttp,
     table: ResourceTable,
     key_value: KeyValue,
     variables: Arc<HashMap<String, String>>,
@@ -72,7 +74,7 @@ impl WasiHttpView for TickState {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: Default::default(),
+            hooks: &mut self.outbound,
         }
     }
 }
@@ -318,6 +320,8 @@ pub struct Host {
     variables: Arc<HashMap<String, String>>,
     clock_offset: Duration,
     quiet: bool,
+    /// Shared by every instance, as Spin shares its outbound connection pool.
+    outbound: outbound::PooledHttp,
 }
 
 impl Host {
@@ -355,6 +359,7 @@ impl Host {
             variables: Arc::new(variables),
             clock_offset: Duration::ZERO,
             quiet: false,
+            outbound: outbound::PooledHttp::default(),
         })
     }
 
@@ -388,6 +393,7 @@ impl Host {
         let state = TickState {
             wasi: self.wasi_context(),
             http: WasiHttpCtx::new(),
+            outbound: self.outbound.clone(),
             table: ResourceTable::new(),
             key_value: self.key_value.clone(),
             variables: self.variables.clone(),
