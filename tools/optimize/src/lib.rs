@@ -47,23 +47,24 @@ fn top_level_sections(bytes: &[u8]) -> anyhow::Result<Vec<(u8, std::ops::Range<u
             bail!("truncated component");
         };
         offset += consumed;
+        let nested = match &payload {
+            Payload::ModuleSection {
+                unchecked_range, ..
+            } => Some((ComponentSectionId::CoreModule, unchecked_range)),
+            Payload::ComponentSection {
+                unchecked_range, ..
+            } => Some((ComponentSectionId::Component, unchecked_range)),
+            _ => None,
+        };
+        if let Some((id, range)) = nested {
+            // Copied whole, not parsed: the parser goes on after it.
+            offset += range.len();
+            sections.push((id as u8, range.clone()));
+            continue;
+        }
         match payload {
             Payload::Version { encoding, .. } if encoding != wasmparser::Encoding::Component => {
                 bail!("a core module, not a component")
-            }
-            Payload::ModuleSection {
-                unchecked_range, ..
-            } => {
-                // The nested module is copied whole; the parser goes on after it.
-                offset += unchecked_range.len();
-                sections.push((ComponentSectionId::CoreModule as u8, unchecked_range));
-            }
-            Payload::ComponentSection {
-                unchecked_range, ..
-            } => {
-                // The nested module is copied whole; the parser goes on after it.
-                offset += unchecked_range.len();
-                sections.push((ComponentSectionId::Component as u8, unchecked_range));
             }
             Payload::End(_) => return Ok(sections),
             other => sections.extend(other.as_section()),

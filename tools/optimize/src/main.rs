@@ -40,25 +40,30 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `wasm-opt -Oz` on `module` through two files beside `output`.
+/// Runs `wasm-opt -Oz` on `module` through two files beside `output`, removed after.
 fn wasm_opt(module: &[u8], output: &Path) -> anyhow::Result<Vec<u8>> {
     let before = output.with_extension("core.wasm");
     let after = output.with_extension("core-opt.wasm");
-    std::fs::write(&before, module)?;
+    let optimized = run_wasm_opt(module, &before, &after);
+    for file in [&before, &after] {
+        let _ = std::fs::remove_file(file);
+    }
+    optimized
+}
+
+fn run_wasm_opt(module: &[u8], before: &Path, after: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::write(before, module)?;
     let program = std::env::var_os("WASM_OPT").unwrap_or_else(|| "wasm-opt".into());
     let status = Command::new(&program)
         .arg("-Oz")
         .args(FEATURES)
-        .arg(&before)
+        .arg(before)
         .arg("-o")
-        .arg(&after)
+        .arg(after)
         .status()
         .with_context(|| format!("running {}", program.to_string_lossy()))?;
     if !status.success() {
         bail!("{} failed: {status}", program.to_string_lossy());
     }
-    let optimized = std::fs::read(&after)?;
-    std::fs::remove_file(&before)?;
-    std::fs::remove_file(&after)?;
-    Ok(optimized)
+    Ok(std::fs::read(after)?)
 }
