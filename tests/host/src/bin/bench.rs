@@ -295,9 +295,10 @@ async fn bench(args: Args) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    // The fake AWS (a child process, not measured) runs on one thread, leaving the other
-    // core to the host; it answers a few thousand small requests a second.
-    let runtime = if args.multi_thread && !args.serve_fake {
+    // The fake AWS (a child process, not measured, started without --multi-thread) runs
+    // on one thread, leaving the other core to the host; it answers a few thousand small
+    // requests a second.
+    let runtime = if args.multi_thread {
         tokio::runtime::Builder::new_multi_thread()
     } else {
         tokio::runtime::Builder::new_current_thread()
