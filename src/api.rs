@@ -22,12 +22,12 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::clock::rfc3339;
 use crate::config::{parse_team, Problem, MAX_DOCUMENT_BYTES, TEAM_KEY_PREFIX};
+use crate::events::Event;
 use crate::names::name_problem;
-use crate::rotate::{Event, TickSummary};
-use crate::state::{TeamState, STATE_PREFIX};
+use crate::state::{AccountState, TeamState, STATE_PREFIX};
 use crate::store::KeyValue;
+use crate::tick::TickSummary;
 
 /// The largest request body accepted: a team document's limit.
 pub const MAX_BODY_BYTES: usize = MAX_DOCUMENT_BYTES;
@@ -174,11 +174,11 @@ fn team_name(name: &str) -> Result<&str, ApiResponse> {
 }
 
 /// The answer when the key-value store cannot be reached.
-pub fn store_failed(error: anyhow::Error) -> ApiResponse {
+pub fn store_failed(error: impl std::fmt::Display) -> ApiResponse {
     ApiResponse::error(
         503,
         "store_unavailable",
-        format!("key-value store: {error:#}"),
+        format!("key-value store: {error}"),
     )
 }
 
@@ -249,23 +249,27 @@ fn team_status(store: &impl KeyValue, name: &str) -> Result<ApiResponse, ApiResp
     let document = stored_document(store, name)?;
     let team = parse_team(&format!("{TEAM_KEY_PREFIX}{name}"), &document)
         .map_err(|invalid| ApiResponse::invalid(&invalid.problems))?;
-    let state: TeamState = store
+    let state = store
         .get(&format!("{STATE_PREFIX}{name}"))
         .map_err(store_failed)?
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .and_then(|bytes| TeamState::read(&bytes))
         .unwrap_or_default();
     let accounts: Vec<Value> = team
         .accounts
         .iter()
         .map(|account| {
-            let current = state.accounts.get(&account.name).cloned().unwrap_or_default();
-            let due_now = current.written_at.is_none() || current.incomplete || current.consecutive_failures > 0;
+            let current = state
+                .accounts
+                .get(&account.name)
+                .cloned()
+                .unwrap_or_default();
             json!({
                 "account": account.name,
                 "role_arn": account.role_arn,
-                "last_written": current.written_at.as_ref().map(rfc3339::format),
-                "expiration": current.expiration.as_ref().map(rfc3339::format),
-                "next_rotation_due": if due_now { json!("next tick") } else { json!(current.rotate_after.as_ref().map(rfc3339::format)) },
+                "last_written": current.written_at,
+                "expiration": current.expiration,
+                "next_rotation_due": next_rotation_due(&current),
+                "next_attempt": current.next_attempt,
                 "consecutive_failures": current.consecutive_failures,
                 "incomplete": current.incomplete,
                 "last_error": current.last_error,
@@ -276,6 +280,20 @@ fn team_status(store: &impl KeyValue, name: &str) -> Result<ApiResponse, ApiResp
         200,
         json!({"team": name, "accounts": accounts}),
     ))
+}
+
+/// When the account is next rotated: its backoff's end, "next tick" when it is due now,
+/// else its planned rotation.
+fn next_rotation_due(state: &AccountState) -> Value {
+    if let Some(next) = state.next_attempt {
+        return json!(next);
+    }
+    let due_now = state.written_at.is_none() || state.incomplete || state.consecutive_failures > 0;
+    if due_now {
+        json!("next tick")
+    } else {
+        json!(state.rotate_after)
+    }
 }
 
 async fn rotate(rotator: &impl Rotator, team: Option<&str>) -> Result<ApiResponse, ApiResponse> {
@@ -292,16 +310,7 @@ async fn rotate(rotator: &impl Rotator, team: Option<&str>) -> Result<ApiRespons
     }
     let outcomes: Vec<&Event> = events
         .iter()
-        .filter(|event| {
-            matches!(
-                event,
-                Event::AccountRotated { .. }
-                    | Event::AccountSkipped { .. }
-                    | Event::AccountFailed { .. }
-                    | Event::AccountDeferred { .. }
-                    | Event::TeamInvalid { .. }
-            )
-        })
+        .filter(|event| event.is_account_outcome())
         .collect();
     let status = if summary.failed.is_empty() && summary.invalid_teams.is_empty() {
         200

@@ -1,13 +1,16 @@
 //! Team documents: the Lambda's JSON, parsed and validated without any I/O.
 //!
 //! A team registers itself by storing `{"name", "accounts": [{"name", "roleArn",
-//! "duration"?}]}` under `team/<name>`. Validation collects every problem with the field
-//! it concerns, so one bad document produces one clear error and nothing else is skipped.
+//! "duration"?, "externalId"?}]}` under `team/<name>`. serde derives the shape (unknown
+//! fields are refused, so a typo such as `rolearn` is never ignored); [`validate`] then
+//! collects every remaining problem with the field it concerns, so one bad document
+//! produces one clear error and nothing else is skipped.
 
 use std::collections::HashSet;
 use std::fmt;
 
-use serde_json::{Map, Value};
+use serde::Deserialize;
+use serde_json::Value;
 
 use crate::names::name_problem;
 
@@ -23,6 +26,8 @@ pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
 pub const MAX_ACCOUNTS_PER_TEAM: usize = 100;
 /// `sts:ExternalId` is 2 to 1224 characters of `[\w+=,.@:/-]`.
 const EXTERNAL_ID_LEN: std::ops::RangeInclusive<usize> = 2..=1224;
+/// The field name used for problems with the document as a whole.
+const WHOLE_DOCUMENT: &str = "(document)";
 
 /// A validated team.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +43,36 @@ pub struct AccountConfig {
     pub role_arn: String,
     pub duration_seconds: u32,
     pub external_id: Option<String>,
+}
+
+/// The document as written. Required fields are `Option`s so that a missing one is a
+/// problem [`validate`] reports beside the others rather than the first and only error;
+/// `duration` keeps the JSON value as given so that its problem can echo it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a JSON object")]
+struct RawTeam {
+    name: Option<String>,
+    accounts: Option<Vec<RawAccount>>,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a JSON object"
+)]
+struct RawAccount {
+    name: Option<String>,
+    role_arn: Option<String>,
+    #[serde(default, deserialize_with = "given")]
+    duration: Option<Value>,
+    external_id: Option<String>,
+}
+
+/// Keeps an explicit `null` as `Some(Value::Null)`, so that only an absent field means
+/// "use the default".
+fn given<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
 }
 
 /// One thing wrong with a team document: the field (a JSON path) and why.
@@ -80,7 +115,7 @@ impl fmt::Display for InvalidTeam {
 
 impl std::error::Error for InvalidTeam {}
 
-/// Collects problems while walking a document.
+/// Collects problems while validating a document.
 #[derive(Default)]
 struct Problems(Vec<Problem>);
 
@@ -91,91 +126,91 @@ impl Problems {
             reason: reason.into(),
         });
     }
+
+    /// `value` when no problem was added since `before`.
+    fn unless_added_since<T>(&self, before: usize, value: T) -> Option<T> {
+        (self.0.len() == before).then_some(value)
+    }
 }
 
 /// Parses and validates the document stored under `key`.
 pub fn parse_team(key: &str, bytes: &[u8]) -> Result<TeamDocument, InvalidTeam> {
+    let invalid = |problems| InvalidTeam {
+        key: key.to_owned(),
+        problems,
+    };
+    let raw = deserialize(bytes).map_err(|problem| invalid(vec![problem]))?;
     let mut problems = Problems::default();
-    let team = parse_document(key, bytes, &mut problems);
-    match team {
+    match validate(key, raw, &mut problems) {
         Some(team) if problems.0.is_empty() => Ok(team),
-        _ => Err(InvalidTeam {
-            key: key.to_owned(),
-            problems: problems.0,
-        }),
+        _ => Err(invalid(problems.0)),
     }
 }
 
-fn parse_document(key: &str, bytes: &[u8], problems: &mut Problems) -> Option<TeamDocument> {
+/// The shape: size, JSON syntax, types and field names. Stops at the first problem, which
+/// names the field it was found at.
+fn deserialize(bytes: &[u8]) -> Result<RawTeam, Problem> {
     if bytes.len() > MAX_DOCUMENT_BYTES {
-        problems.add(
-            "(document)",
-            format!(
+        return Err(Problem {
+            field: WHOLE_DOCUMENT.into(),
+            reason: format!(
                 "is {} bytes, more than the {MAX_DOCUMENT_BYTES} allowed",
                 bytes.len()
             ),
-        );
-        return None;
+        });
     }
-    let value: Value = match serde_json::from_slice(bytes) {
-        Ok(value) => value,
-        Err(error) => {
-            problems.add("(document)", format!("is not valid JSON: {error}"));
-            return None;
-        }
+    // serde also reads a struct from an array, by position; a document is an object.
+    if bytes.trim_ascii_start().starts_with(b"[") {
+        return Err(Problem {
+            field: WHOLE_DOCUMENT.into(),
+            reason: "must be a JSON object".into(),
+        });
+    }
+    let mut json = serde_json::Deserializer::from_slice(bytes);
+    let raw = serde_path_to_error::deserialize(&mut json).map_err(|error| {
+        let field = error.path().to_string();
+        shape_problem(field, error.into_inner())
+    })?;
+    json.end()
+        .map_err(|error| shape_problem(String::new(), error))?;
+    Ok(raw)
+}
+
+/// A problem serde found at `field` (`.` or empty for the whole document).
+fn shape_problem(field: String, error: serde_json::Error) -> Problem {
+    if error.is_syntax() || error.is_eof() {
+        return Problem {
+            field: WHOLE_DOCUMENT.to_owned(),
+            reason: format!("is not valid JSON: {error}"),
+        };
+    }
+    let field = match field.as_str() {
+        "" | "." => WHOLE_DOCUMENT.to_owned(),
+        _ => field,
     };
-    let Some(object) = value.as_object() else {
-        problems.add("(document)", "must be a JSON object");
-        return None;
-    };
-    reject_unknown_fields(object, "", &["name", "accounts"], problems);
-    let name = team_name(key, object, problems);
-    let accounts = accounts(object, problems);
+    Problem {
+        field,
+        reason: error.to_string(),
+    }
+}
+
+/// Checks everything serde cannot: names, ARNs, ranges, uniqueness, the key. Every
+/// problem is added; `None` when any was found.
+fn validate(key: &str, raw: RawTeam, problems: &mut Problems) -> Option<TeamDocument> {
+    let name = team_name(key, raw.name, problems);
+    let accounts = accounts(raw.accounts, problems);
     Some(TeamDocument {
         name: name?,
         accounts: accounts?,
     })
 }
 
-fn reject_unknown_fields(
-    object: &Map<String, Value>,
-    prefix: &str,
-    known: &[&str],
-    problems: &mut Problems,
-) {
-    for field in object
-        .keys()
-        .filter(|field| !known.contains(&field.as_str()))
-    {
-        problems.add(
-            format!("{prefix}{field}"),
-            format!("unknown field (known: {})", known.join(", ")),
-        );
-    }
-}
-
-fn required_string<'a>(
-    object: &'a Map<String, Value>,
-    field: &str,
-    path: &str,
-    problems: &mut Problems,
-) -> Option<&'a str> {
-    match object.get(field) {
-        Some(Value::String(text)) => Some(text),
-        Some(_) => {
-            problems.add(path, "must be a string");
-            None
-        }
-        None => {
-            problems.add(path, "is missing");
-            None
-        }
-    }
-}
-
-fn team_name(key: &str, object: &Map<String, Value>, problems: &mut Problems) -> Option<String> {
-    let name = required_string(object, "name", "name", problems)?;
-    if let Some(reason) = name_problem(name, 2) {
+fn team_name(key: &str, name: Option<String>, problems: &mut Problems) -> Option<String> {
+    let Some(name) = name else {
+        problems.add("name", "is missing");
+        return None;
+    };
+    if let Some(reason) = name_problem(&name, 2) {
         problems.add("name", reason);
         return None;
     }
@@ -187,20 +222,13 @@ fn team_name(key: &str, object: &Map<String, Value>, problems: &mut Problems) ->
         );
         return None;
     }
-    Some(name.to_owned())
+    Some(name)
 }
 
-fn accounts(object: &Map<String, Value>, problems: &mut Problems) -> Option<Vec<AccountConfig>> {
-    let list = match object.get("accounts") {
-        Some(Value::Array(list)) => list,
-        Some(_) => {
-            problems.add("accounts", "must be an array");
-            return None;
-        }
-        None => {
-            problems.add("accounts", "is missing");
-            return None;
-        }
+fn accounts(list: Option<Vec<RawAccount>>, problems: &mut Problems) -> Option<Vec<AccountConfig>> {
+    let Some(list) = list else {
+        problems.add("accounts", "is missing");
+        return None;
     };
     if list.is_empty() {
         problems.add("accounts", "must list at least one account");
@@ -217,9 +245,9 @@ fn accounts(object: &Map<String, Value>, problems: &mut Problems) -> Option<Vec<
     }
     let before = problems.0.len();
     let accounts: Vec<AccountConfig> = list
-        .iter()
+        .into_iter()
         .enumerate()
-        .filter_map(|(i, value)| account(&format!("accounts[{i}]"), value, problems))
+        .filter_map(|(i, raw)| account(&format!("accounts[{i}]."), raw, problems))
         .collect();
     let mut seen = HashSet::new();
     for (i, account) in accounts.iter().enumerate() {
@@ -233,65 +261,59 @@ fn accounts(object: &Map<String, Value>, problems: &mut Problems) -> Option<Vec<
             );
         }
     }
-    (problems.0.len() == before).then_some(accounts)
+    problems.unless_added_since(before, accounts)
 }
 
-fn account(path: &str, value: &Value, problems: &mut Problems) -> Option<AccountConfig> {
-    let Some(object) = value.as_object() else {
-        problems.add(path, "must be a JSON object");
-        return None;
-    };
-    let prefix = format!("{path}.");
-    reject_unknown_fields(
-        object,
-        &prefix,
-        &["name", "roleArn", "duration", "externalId"],
-        problems,
-    );
-    let name = account_name(object, &prefix, problems);
-    let role_arn = role_arn(object, &prefix, problems);
-    let duration_seconds = duration(object, &prefix, problems);
-    let external_id = external_id(object, &prefix, problems);
-    Some(AccountConfig {
-        name: name?,
-        role_arn: role_arn?,
-        duration_seconds: duration_seconds?,
-        external_id: external_id?,
-    })
-}
-
-fn account_name(
-    object: &Map<String, Value>,
-    prefix: &str,
-    problems: &mut Problems,
-) -> Option<String> {
-    let field = format!("{prefix}name");
-    let name = required_string(object, "name", &field, problems)?;
-    if let Some(reason) = name_problem(name, 1) {
-        problems.add(field, reason);
-        return None;
+fn account(prefix: &str, raw: RawAccount, problems: &mut Problems) -> Option<AccountConfig> {
+    let before = problems.0.len();
+    let field = |name: &str| format!("{prefix}{name}");
+    let name = required(raw.name, &field("name"), problems);
+    if let Some(reason) = name.as_deref().and_then(|name| name_problem(name, 1)) {
+        problems.add(field("name"), reason);
     }
-    Some(name.to_owned())
+    let role_arn = required(raw.role_arn, &field("roleArn"), problems);
+    if role_arn.as_deref().is_some_and(|arn| !is_role_arn(arn)) {
+        problems.add(
+            field("roleArn"),
+            "must be an IAM role ARN, arn:aws:iam::123456789012:role/name",
+        );
+    }
+    let duration_seconds = duration(raw.duration.as_ref(), &field("duration"), problems);
+    if raw
+        .external_id
+        .as_deref()
+        .is_some_and(|id| !is_external_id(id))
+    {
+        problems.add(
+            field("externalId"),
+            "must be a string of 2 to 1224 characters from ASCII letters, digits and _+=,.@:/-",
+        );
+    }
+    problems.unless_added_since(
+        before,
+        AccountConfig {
+            name: name?,
+            role_arn: role_arn?,
+            duration_seconds: duration_seconds?,
+            external_id: raw.external_id,
+        },
+    )
 }
 
-fn role_arn(object: &Map<String, Value>, prefix: &str, problems: &mut Problems) -> Option<String> {
-    let field = format!("{prefix}roleArn");
-    let arn = required_string(object, "roleArn", &field, problems)?;
-    if let Some(reason) = role_arn_problem(arn) {
-        problems.add(field, reason);
-        return None;
+fn required(value: Option<String>, field: &str, problems: &mut Problems) -> Option<String> {
+    if value.is_none() {
+        problems.add(field, "is missing");
     }
-    Some(arn.to_owned())
+    value
 }
 
 /// An IAM role ARN: `arn:<partition>:iam::<12 digits>:role/<path and name>`.
-fn role_arn_problem(arn: &str) -> Option<String> {
-    let expected = "must be an IAM role ARN, arn:aws:iam::123456789012:role/name";
+fn is_role_arn(arn: &str) -> bool {
     let fields: Vec<&str> = arn.splitn(6, ':').collect();
     let [prefix, partition, service, region, account, resource] = fields[..] else {
-        return Some(expected.to_owned());
+        return false;
     };
-    let valid = prefix == "arn"
+    prefix == "arn"
         && matches!(partition, "aws" | "aws-cn" | "aws-us-gov")
         && service == "iam"
         && region.is_empty()
@@ -299,58 +321,41 @@ fn role_arn_problem(arn: &str) -> Option<String> {
         && account.bytes().all(|b| b.is_ascii_digit())
         && resource.strip_prefix("role/").is_some_and(|name| {
             !name.is_empty() && name.len() <= 512 && name.chars().all(is_role_name_char)
-        });
-    (!valid).then(|| expected.to_owned())
+        })
 }
 
 fn is_role_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '+' | '=' | ',' | '.' | '@' | '_' | '-' | '/')
 }
 
-fn duration(object: &Map<String, Value>, prefix: &str, problems: &mut Problems) -> Option<u32> {
-    let field = format!("{prefix}duration");
-    let Some(value) = object.get("duration") else {
-        return Some(DEFAULT_DURATION_SECONDS);
-    };
-    let seconds = value.as_u64().and_then(|n| u32::try_from(n).ok());
-    match seconds {
-        Some(seconds) if DURATION_RANGE.contains(&seconds) => Some(seconds),
-        _ => {
-            problems.add(
-                field,
-                format!(
-                    "must be a whole number of seconds from {} to {}, got {value}",
-                    DURATION_RANGE.start(),
-                    DURATION_RANGE.end()
-                ),
-            );
-            None
-        }
-    }
+fn is_external_id(id: &str) -> bool {
+    EXTERNAL_ID_LEN.contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_+=,.@:/-".contains(c))
 }
 
-fn external_id(
-    object: &Map<String, Value>,
-    prefix: &str,
-    problems: &mut Problems,
-) -> Option<Option<String>> {
-    let field = format!("{prefix}externalId");
-    let Some(value) = object.get("externalId") else {
-        return Some(None);
+/// The session length: absent means STS's default; anything but a whole number of seconds
+/// within STS's range is a problem that quotes what was given.
+fn duration(value: Option<&Value>, field: &str, problems: &mut Problems) -> Option<u32> {
+    let Some(value) = value else {
+        return Some(DEFAULT_DURATION_SECONDS);
     };
-    let valid = value.as_str().filter(|id| {
-        EXTERNAL_ID_LEN.contains(&id.len())
-            && id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_+=,.@:/-".contains(c))
-    });
-    if valid.is_none() {
+    let seconds = value
+        .as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|seconds| DURATION_RANGE.contains(seconds));
+    if seconds.is_none() {
         problems.add(
             field,
-            "must be a string of 2 to 1224 characters from ASCII letters, digits and _+=,.@:/-",
+            format!(
+                "must be a whole number of seconds from {} to {}, got {value}",
+                DURATION_RANGE.start(),
+                DURATION_RANGE.end()
+            ),
         );
     }
-    valid.map(|id| Some(id.to_owned()))
+    seconds
 }
 
 #[cfg(test)]
@@ -395,14 +400,20 @@ mod tests {
 
     #[test]
     fn malformed_json_is_one_clear_problem() {
-        let found = problems("team/t1", "{\"name\": \"t1\", ");
-        assert_eq!(found.len(), 1);
-        assert_eq!(found[0].field, "(document)");
-        assert!(
-            found[0].reason.starts_with("is not valid JSON"),
-            "{found:?}"
-        );
-        assert_eq!(fields("team/t1", "[1,2]"), ["(document)"]);
+        for broken in ["{\"name\": \"t1\", ", "{} trailing", "", "\u{1}"] {
+            let found = problems("team/t1", broken);
+            assert_eq!(found.len(), 1, "{broken:?}");
+            assert_eq!(found[0].field, "(document)");
+            assert!(
+                found[0].reason.starts_with("is not valid JSON"),
+                "{found:?}"
+            );
+        }
+        for other in ["[1,2]", " [\"t1\", []]", "5", "\"t1\""] {
+            let found = problems("team/t1", other);
+            assert_eq!(found[0].field, "(document)", "{other}");
+            assert!(found[0].reason.contains("JSON object"), "{found:?}");
+        }
     }
 
     #[test]
@@ -412,6 +423,20 @@ mod tests {
             fields("team/t1", r#"{"name":"t1","accounts":[{}]}"#),
             ["accounts[0].name", "accounts[0].roleArn"]
         );
+    }
+
+    #[test]
+    fn wrong_types_name_their_field() {
+        let found = problems("team/t1", r#"{"name":5,"accounts":[]}"#);
+        assert_eq!(found[0].field, "name");
+        assert!(found[0].reason.contains("expected a string"), "{found:?}");
+        let found = problems(
+            "team/t1",
+            r#"{"name":"t1","accounts":[{"name":"a","roleArn":"arn:aws:iam::123456789012:role/r","externalId":7}]}"#,
+        );
+        assert_eq!(found[0].field, "accounts[0].externalId");
+        let found = problems("team/t1", r#"{"name":"t1","accounts":{}}"#);
+        assert_eq!(found[0].field, "accounts");
     }
 
     #[test]
@@ -448,6 +473,7 @@ mod tests {
             let found = problems("team/t1", &doc);
             assert_eq!(found[0].field, "accounts[0].duration", "{duration}");
             assert!(found[0].reason.contains("900 to 43200"), "{found:?}");
+            assert!(found[0].reason.ends_with(duration), "{found:?}");
         }
         for duration in [900, 43200] {
             let doc = format!(
@@ -459,8 +485,20 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused_so_typos_are_not_ignored() {
-        let doc = r#"{"name":"t1","acounts":[],"accounts":[{"name":"a","rolearn":"x","roleArn":"arn:aws:iam::123456789012:role/r"}]}"#;
-        assert_eq!(fields("team/t1", doc), ["acounts", "accounts[0].rolearn"]);
+        let doc = r#"{"name":"t1","accounts":[{"name":"a","rolearn":"x","roleArn":"arn:aws:iam::123456789012:role/r"}]}"#;
+        let found = problems("team/t1", doc);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].field, "accounts[0].rolearn");
+        assert!(
+            found[0]
+                .reason
+                .starts_with("unknown field `rolearn`, expected one of"),
+            "{found:?}"
+        );
+        assert_eq!(
+            fields("team/t1", r#"{"name":"t1","acounts":[]}"#),
+            ["acounts"]
+        );
     }
 
     #[test]

@@ -6,24 +6,31 @@
 //! where Concourse pipelines read them.
 //!
 //! Everything but [`spin`] is plain Rust with no Spin in it, tested natively:
-//! [`config`] and [`template`] validate input, [`aws`] speaks STS and Secrets Manager,
-//! [`rotate`] runs a tick against small traits that [`spin`] implements with Spin's
-//! key-value store, variables and outbound HTTP.
+//!
+//! - input: [`config`] (team documents), [`names`], [`template`] (secret paths),
+//!   [`roles`] and [`settings`] (the application variables);
+//! - AWS: [`aws`] signs and speaks STS and Secrets Manager over a transport trait;
+//! - the tick: [`tick`] loads, plans, executes and records, under the [`lease`], with
+//!   [`state`] documents, [`timing`] rules, [`retry`] and [`pace`];
+//! - around it: [`store`] (the key-value trait), [`clock`], [`events`] (log lines) and
+//!   [`api`] (the admin API's routes).
 
 pub mod api;
 pub mod aws;
 pub mod clock;
 pub mod config;
+pub mod events;
 pub mod lease;
 pub mod names;
 pub mod pace;
 pub mod retry;
 pub mod roles;
-pub mod rotate;
 pub mod settings;
 pub mod state;
 pub mod store;
 pub mod template;
+pub mod tick;
+pub mod timing;
 
 #[cfg(target_arch = "wasm32")]
 mod spin;

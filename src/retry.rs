@@ -105,6 +105,7 @@ mod tests {
             status: 400,
             code: "Throttling".into(),
             message: "Rate exceeded".into(),
+            request_id: None,
         }
     }
 
@@ -159,6 +160,7 @@ mod tests {
             status: 403,
             code: "AccessDenied".into(),
             message: String::new(),
+            request_id: None,
         };
         let (result, reports, slept) = run(vec![Err(denied.clone())], 600);
         assert_eq!(result, Err(denied));

@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::aws::client::EndpointOverrides;
-use crate::aws::{Endpoints, RotatorCredentials};
+use crate::aws::endpoints::{EndpointOverrides, Endpoints};
+use crate::aws::RotatorCredentials;
+use crate::retry::RetryPolicy;
 use crate::roles::AllowedRoles;
-use crate::rotate::RotationRules;
-use crate::state::Timing;
+use crate::template::{SecretFormat, SecretPathTemplate};
+use crate::timing::Timing;
 
 /// Reads one application variable; `None` (or an empty string) means unset.
 pub trait Variables {
@@ -19,9 +20,73 @@ pub trait Variables {
 
 /// The region used when `aws_region` is not set.
 pub const DEFAULT_REGION: &str = "us-east-1";
-/// How many accounts are rotated at once when `max_concurrency` is not set.
-pub const DEFAULT_MAX_CONCURRENCY: u64 = 32;
-const MAX_CONCURRENCY_LIMIT: u64 = 256;
+/// The most secrets one account's rotation writes (`secret_format = both`).
+const MAX_SECRETS_PER_ACCOUNT: u32 = 4;
+
+/// What the operator decides about every tick.
+#[derive(Debug, Clone)]
+pub struct RotationRules {
+    pub template: SecretPathTemplate,
+    pub secret_format: SecretFormat,
+    pub allowed_roles: AllowedRoles,
+    pub max_concurrency: usize,
+    pub timing: Timing,
+    /// The whole tick, retries included, fits in this; the rest waits for the next tick.
+    pub tick_budget: Duration,
+    /// Secrets Manager writes started per second at most; 0 lifts the limit.
+    pub writes_per_second: u32,
+    pub retry: RetryPolicy,
+    /// How long one AWS request may take; no account starts closer than this to the
+    /// end of the budget.
+    pub request_timeout: Duration,
+}
+
+impl Default for RotationRules {
+    fn default() -> Self {
+        Self {
+            template: SecretPathTemplate::default(),
+            secret_format: SecretFormat::default(),
+            allowed_roles: AllowedRoles::default(),
+            max_concurrency: 32,
+            timing: Timing::default(),
+            tick_budget: Duration::from_secs(180),
+            writes_per_second: 40,
+            retry: RetryPolicy::default(),
+            request_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+impl RotationRules {
+    /// Refuses an account whose `duration` these rules cannot serve.
+    pub fn check_duration(&self, duration_seconds: u32) -> Result<(), String> {
+        self.timing.check(duration_seconds)
+    }
+
+    /// The longest one account's writes can take once started: every attempt waiting
+    /// for its turn behind the other running accounts' writes, then timing out, with the
+    /// backoff between attempts.
+    pub fn writing_window(&self) -> Duration {
+        let queued = match self.writes_per_second {
+            0 => Duration::ZERO,
+            rate => {
+                Duration::from_secs(1) * (self.max_concurrency as u32 * MAX_SECRETS_PER_ACCOUNT)
+                    / rate
+            }
+        };
+        let attempts = self.retry.max_attempts;
+        let backoff: Duration = (1..attempts)
+            .map(|attempt| self.retry.backoff(attempt, 1.0))
+            .sum();
+        (self.request_timeout + queued) * attempts + backoff
+    }
+
+    /// The lease's lifetime: twice the writing window, so that a lease confirmed (and
+    /// renewed when half spent) before an account's writes outlives them.
+    pub fn lease_ttl(&self) -> Duration {
+        self.writing_window() * 2
+    }
+}
 
 /// Everything a tick needs to know, validated.
 #[derive(Debug)]
@@ -34,119 +99,154 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_variables(variables: &impl Variables) -> anyhow::Result<Self> {
-        let get = |name: &str| -> anyhow::Result<Option<String>> {
-            let value = variables
-                .get(name)
-                .with_context(|| format!("reading variable {name}"))?;
-            Ok(value.filter(|v| !v.trim().is_empty()))
-        };
-        let required = |name: &str| -> anyhow::Result<String> {
-            get(name)?.with_context(|| format!("variable {name} is required but not set"))
-        };
-        let credentials = RotatorCredentials {
-            access_key_id: required("aws_access_key_id")?.trim().to_owned().into(),
-            secret_access_key: required("aws_secret_access_key")?.trim().to_owned().into(),
-            session_token: get("aws_session_token")?.map(|t| t.trim().to_owned().into()),
-        };
-        let region = get("aws_region")?.unwrap_or_else(|| DEFAULT_REGION.to_owned());
-        let (aws, sts, secrets_manager) = (
-            get("aws_endpoint_url")?,
-            get("sts_endpoint_url")?,
-            get("secretsmanager_endpoint_url")?,
-        );
-        let overrides = EndpointOverrides {
-            aws: aws.as_deref(),
-            sts: sts.as_deref(),
-            secrets_manager: secrets_manager.as_deref(),
-        };
-        let endpoints =
-            Endpoints::resolve(region.trim(), &overrides).map_err(anyhow::Error::msg)?;
-        let defaults = RotationRules::default();
-        let template = match get("secret_path_template")? {
-            Some(text) => text.parse()?,
-            None => defaults.template,
-        };
-        let secret_format = match get("secret_format")? {
-            Some(text) => text.parse().map_err(anyhow::Error::msg)?,
-            None => defaults.secret_format,
-        };
-        let allowed_roles = AllowedRoles::parse(&get("allowed_role_arns")?.unwrap_or_default())
-            .map_err(anyhow::Error::msg)?;
-        let number =
-            |name: &str, range: RangeInclusive<u64>, default: u64| -> anyhow::Result<u64> {
-                let Some(text) = get(name)? else {
-                    return Ok(default);
-                };
-                match text.trim().parse::<u64>() {
-                    Ok(n) if range.contains(&n) => Ok(n),
-                    _ => bail!(
-                        "variable {name} must be a whole number from {} to {}, got {text:?}",
-                        range.start(),
-                        range.end()
-                    ),
-                }
-            };
-        let duration = |name: &str,
-                        range: RangeInclusive<Duration>,
-                        default: Duration|
-         -> anyhow::Result<Duration> {
-            let Some(text) = get(name)? else {
-                return Ok(default);
-            };
-            let text = text.trim();
-            let parsed = match text.parse::<u64>() {
-                Ok(seconds) => Ok(Duration::from_secs(seconds)),
-                Err(_) => humantime::parse_duration(text),
-            };
-            match parsed {
-                Ok(value) if range.contains(&value) => Ok(value),
-                _ => bail!(
-                    "variable {name} must be a duration from {} to {} (such as 30m or 1800), got {text:?}",
-                    humantime::format_duration(*range.start()),
-                    humantime::format_duration(*range.end())
-                ),
-            }
-        };
-        let minutes = |m: u64| Duration::from_secs(m * 60);
-        let rules = RotationRules {
-            template,
-            secret_format,
-            allowed_roles,
-            max_concurrency: number(
-                "max_concurrency",
-                1..=MAX_CONCURRENCY_LIMIT,
-                DEFAULT_MAX_CONCURRENCY,
-            )? as usize,
-            timing: Timing {
-                rotate_before_expiry: duration(
-                    "rotate_before_expiry",
-                    minutes(5)..=minutes(700),
-                    defaults.timing.rotate_before_expiry,
-                )?,
-            },
-            tick_budget: duration(
-                "tick_budget",
-                Duration::from_secs(30)..=minutes(60),
-                defaults.tick_budget,
-            )?,
-            writes_per_second: number(
-                "secretsmanager_writes_per_second",
-                0..=50,
-                u64::from(defaults.writes_per_second),
-            )? as u32,
-            request_timeout: duration(
-                "request_timeout",
-                Duration::from_secs(1)..=Duration::from_secs(60),
-                defaults.request_timeout,
-            )?,
-            ..defaults
-        };
+        let read = Reader(variables);
+        let region = read
+            .optional("aws_region")?
+            .unwrap_or_else(|| DEFAULT_REGION.to_owned());
         Ok(Self {
-            credentials,
-            region: region.trim().to_owned(),
-            endpoints,
-            rules,
+            credentials: credentials(&read)?,
+            endpoints: endpoints(&read, &region)?,
+            region,
+            rules: rules(&read)?,
         })
+    }
+}
+
+fn credentials(read: &Reader<'_, impl Variables>) -> anyhow::Result<RotatorCredentials> {
+    Ok(RotatorCredentials {
+        access_key_id: read.required("aws_access_key_id")?.into(),
+        secret_access_key: read.required("aws_secret_access_key")?.into(),
+        session_token: read.optional("aws_session_token")?.map(Into::into),
+    })
+}
+
+fn endpoints(read: &Reader<'_, impl Variables>, region: &str) -> anyhow::Result<Endpoints> {
+    let (aws, sts, secrets_manager) = (
+        read.optional("aws_endpoint_url")?,
+        read.optional("sts_endpoint_url")?,
+        read.optional("secretsmanager_endpoint_url")?,
+    );
+    let overrides = EndpointOverrides {
+        aws: aws.as_deref(),
+        sts: sts.as_deref(),
+        secrets_manager: secrets_manager.as_deref(),
+    };
+    Endpoints::resolve(region, &overrides).map_err(anyhow::Error::msg)
+}
+
+fn rules(read: &Reader<'_, impl Variables>) -> anyhow::Result<RotationRules> {
+    let defaults = RotationRules::default();
+    let minutes = |m: u64| Duration::from_secs(m * 60);
+    let seconds = Duration::from_secs;
+    Ok(RotationRules {
+        template: read
+            .parsed("secret_path_template")?
+            .unwrap_or(defaults.template),
+        secret_format: read
+            .parsed("secret_format")?
+            .unwrap_or(defaults.secret_format),
+        allowed_roles: AllowedRoles::parse(
+            &read.optional("allowed_role_arns")?.unwrap_or_default(),
+        )
+        .map_err(anyhow::Error::msg)?,
+        max_concurrency: read.number("max_concurrency", 1..=256, 32)? as usize,
+        timing: Timing {
+            rotate_before_expiry: read.duration(
+                "rotate_before_expiry",
+                minutes(5)..=minutes(700),
+                defaults.timing.rotate_before_expiry,
+            )?,
+            failure_backoff_max: read.duration(
+                "failure_backoff_max",
+                minutes(5)..=minutes(24 * 60),
+                defaults.timing.failure_backoff_max,
+            )?,
+        },
+        tick_budget: read.duration(
+            "tick_budget",
+            seconds(30)..=minutes(60),
+            defaults.tick_budget,
+        )?,
+        writes_per_second: read.number(
+            "secretsmanager_writes_per_second",
+            0..=50,
+            defaults.writes_per_second.into(),
+        )? as u32,
+        request_timeout: read.duration(
+            "request_timeout",
+            seconds(1)..=seconds(60),
+            defaults.request_timeout,
+        )?,
+        ..defaults
+    })
+}
+
+/// Reads variables, trimmed, with errors that name the variable and never its value
+/// when the variable is a secret.
+struct Reader<'v, V>(&'v V);
+
+impl<V: Variables> Reader<'_, V> {
+    /// The value, or `None` when it is unset or blank.
+    fn optional(&self, name: &str) -> anyhow::Result<Option<String>> {
+        let value = self
+            .0
+            .get(name)
+            .with_context(|| format!("reading variable {name}"))?;
+        Ok(value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()))
+    }
+
+    fn required(&self, name: &str) -> anyhow::Result<String> {
+        self.optional(name)?
+            .with_context(|| format!("variable {name} is required but not set"))
+    }
+
+    /// A value parsed with its type's own `FromStr`, whose error names the variable.
+    fn parsed<T>(&self, name: &str) -> anyhow::Result<Option<T>>
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display,
+    {
+        self.optional(name)?
+            .map(|text| text.parse().map_err(|e: T::Err| anyhow::anyhow!("{e}")))
+            .transpose()
+    }
+
+    fn number(&self, name: &str, range: RangeInclusive<u64>, default: u64) -> anyhow::Result<u64> {
+        let Some(text) = self.optional(name)? else {
+            return Ok(default);
+        };
+        match text.parse::<u64>() {
+            Ok(n) if range.contains(&n) => Ok(n),
+            _ => bail!(
+                "variable {name} must be a whole number from {} to {}, got {text:?}",
+                range.start(),
+                range.end()
+            ),
+        }
+    }
+
+    /// A duration such as `30m` or `90s`; a bare number is seconds.
+    fn duration(
+        &self,
+        name: &str,
+        range: RangeInclusive<Duration>,
+        default: Duration,
+    ) -> anyhow::Result<Duration> {
+        let Some(text) = self.optional(name)? else {
+            return Ok(default);
+        };
+        let parsed = match text.parse::<u64>() {
+            Ok(seconds) => Ok(Duration::from_secs(seconds)),
+            Err(_) => humantime::parse_duration(&text),
+        };
+        match parsed {
+            Ok(value) if range.contains(&value) => Ok(value),
+            _ => bail!(
+                "variable {name} must be a duration from {} to {} (such as 30m or 1800), got {text:?}",
+                humantime::format_duration(*range.start()),
+                humantime::format_duration(*range.end())
+            ),
+        }
     }
 }
 
@@ -199,6 +299,7 @@ pub(crate) mod tests {
             crate::template::SecretPathTemplate::default()
         );
         assert_eq!(settings.rules.max_concurrency, 32);
+        assert_eq!(settings.rules.timing, Timing::default());
         assert!(settings
             .rules
             .allowed_roles
@@ -209,13 +310,14 @@ pub(crate) mod tests {
     #[test]
     fn overrides() {
         let settings = with(&[
-            ("aws_region", "eu-central-1"),
+            ("aws_region", " eu-central-1 "),
             ("aws_endpoint_url", "http://127.0.0.1:5000"),
             ("aws_session_token", "TOKEN"),
             ("secret_path_template", "/ci/{{.Team}}/{{.Account}}"),
             ("max_concurrency", "4"),
             ("allowed_role_arns", "arn:aws:iam::*:role/ci-*"),
             ("rotate_before_expiry", "20m"),
+            ("failure_backoff_max", "2h"),
             ("tick_budget", "90"),
             ("request_timeout", "2s"),
             ("secretsmanager_writes_per_second", "0"),
@@ -232,6 +334,7 @@ pub(crate) mod tests {
             .allowed_roles
             .permits("arn:aws:iam::123456789012:role/admin"));
         assert_eq!(rules.timing.rotate_before_expiry, Duration::from_secs(1200));
+        assert_eq!(rules.timing.failure_backoff_max, Duration::from_secs(7200));
         assert_eq!(rules.tick_budget, Duration::from_secs(90));
         assert_eq!(rules.request_timeout, Duration::from_secs(2));
         assert_eq!(rules.writes_per_second, 0);
@@ -257,6 +360,7 @@ pub(crate) mod tests {
             (("sts_endpoint_url", "nope"), "sts_endpoint_url"),
             (("allowed_role_arns", "*"), "allowed_role_arns"),
             (("rotate_before_expiry", "1m"), "rotate_before_expiry"),
+            (("failure_backoff_max", "2d"), "failure_backoff_max"),
             (("tick_budget", "soon"), "tick_budget"),
             (("request_timeout", "0"), "request_timeout"),
             (
@@ -269,5 +373,19 @@ pub(crate) mod tests {
             assert!(error.contains(expected), "{error}");
             assert!(!error.contains("SECRET"), "{error}");
         }
+    }
+
+    #[test]
+    fn the_lease_outlives_the_longest_account() {
+        let rules = RotationRules::default();
+        // Three attempts of 20 s, each behind up to 32 accounts x 4 writes at 40/s
+        // (3.2 s), with 1 s and 2 s of backoff between them.
+        assert_eq!(rules.writing_window(), Duration::from_millis(72_600));
+        assert_eq!(rules.lease_ttl(), Duration::from_millis(145_200));
+        let unpaced = RotationRules {
+            writes_per_second: 0,
+            ..RotationRules::default()
+        };
+        assert_eq!(unpaced.writing_window(), Duration::from_secs(63));
     }
 }

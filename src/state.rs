@@ -1,56 +1,95 @@
-//! Rotation state: what was written for each account and when it is due again.
+//! Rotation state: what was written for each account, when it is due again, and what
+//! went wrong last.
 //!
 //! One document per team under `state/<team>` (some Spin key-value backends cap the number
 //! of keys near 1024, so not one per account). It holds no credential: expirations, times,
-//! a fingerprint of the configuration, and the last error's code and message.
+//! a fingerprint of the configuration, and the last error's code and message. Each
+//! document names its writer, so that in a store shared with other applications this one
+//! only ever deletes its own documents.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::clock::chrono_duration;
 use crate::config::AccountConfig;
 use crate::template::{SecretFormat, SecretPath};
 
 /// The key prefix of team state documents.
 pub const STATE_PREFIX: &str = "state/";
 
-/// AWS advises writing a secret at most once every 10 minutes: every write is a version,
-/// and versions younger than 24 hours are never removed.
-pub const MIN_REWRITE_INTERVAL: Duration = Duration::from_secs(600);
-
-/// The longest jitter added in front of an account's next rotation.
-const MAX_JITTER: Duration = Duration::from_secs(300);
+/// The mark every state document carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Writer {
+    #[default]
+    #[serde(rename = "concourse-sts")]
+    ConcourseSts,
+}
 
 /// The state of one team's accounts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TeamState {
+    /// Absent only in documents written before the mark existed.
+    #[serde(default)]
+    pub writer: Option<Writer>,
+    /// The digest of the team document the state was last written for: when the document
+    /// changes, its accounts' failure backoff starts over.
+    #[serde(default)]
+    pub document: String,
     #[serde(default)]
     pub accounts: BTreeMap<String, AccountState>,
+}
+
+impl TeamState {
+    /// Reads a stored document; `None` when the bytes are not a state document at all
+    /// (something another application stored under this key).
+    pub fn read(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
+
+    /// Whether the document carries this application's mark, the condition for deleting it.
+    pub fn is_marked(&self) -> bool {
+        self.writer.is_some()
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let marked = TeamState {
+            writer: Some(Writer::ConcourseSts),
+            ..self.clone()
+        };
+        serde_json::to_vec(&marked).expect("state documents hold only strings, numbers and times")
+    }
 }
 
 /// What the last rotations of one account left behind.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AccountState {
     /// Of the configuration and rendered path the last complete write used.
+    #[serde(default)]
     pub fingerprint: String,
-    #[serde(default, with = "crate::clock::rfc3339::option")]
+    #[serde(default)]
     pub written_at: Option<DateTime<Utc>>,
-    #[serde(default, with = "crate::clock::rfc3339::option")]
+    #[serde(default)]
     pub expiration: Option<DateTime<Utc>>,
     /// When the next rotation is due: before expiry, minus a little jitter.
-    #[serde(default, with = "crate::clock::rfc3339::option")]
+    #[serde(default)]
     pub rotate_after: Option<DateTime<Utc>>,
     #[serde(default)]
     pub consecutive_failures: u32,
+    #[serde(default)]
     pub last_error: Option<LastError>,
+    /// Not before this is the account tried again (backing off after failures).
+    #[serde(default)]
+    pub next_attempt: Option<DateTime<Utc>>,
     /// Set before the secrets are written and cleared once all are: if it is still set,
     /// a tick died or failed half-way and the triple may be mixed.
     #[serde(default)]
     pub incomplete: bool,
+    /// The last failed repair that rewrote some of the account's secrets but not all: a
+    /// repair that keeps failing rewrites the siblings at most once per ten minutes.
+    #[serde(default)]
+    pub partial_write_at: Option<DateTime<Utc>>,
 }
 
 /// The step at which an account failed.
@@ -59,156 +98,51 @@ pub struct AccountState {
 pub enum Stage {
     /// The role is outside the operator's `allowed_role_arns`.
     RoleNotAllowed,
-    /// The account's `duration` and `rotate_before_expiry` would force a rewrite every tick.
+    /// The account's `duration` does not fit the rules (`rotate_before_expiry`, or the
+    /// one-hour cap on chained role sessions).
     Config,
     /// The account's secret path cannot be rendered (too long for Secrets Manager).
     SecretPath,
     AssumeRole,
     /// One or more secrets were not written; the others may have been.
     WriteSecrets,
-    /// The rotation state could not be saved.
+    /// The rotation state could not be read or saved.
     State,
 }
 
 /// The last failure of an account, without any credential.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LastError {
-    #[serde(with = "crate::clock::rfc3339")]
     pub at: DateTime<Utc>,
     pub stage: Stage,
     pub code: Option<String>,
     pub message: String,
-}
-
-/// When rotations happen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timing {
-    /// Rotate when the credentials expire within this.
-    pub rotate_before_expiry: Duration,
-}
-
-impl Default for Timing {
-    fn default() -> Self {
-        Self {
-            rotate_before_expiry: Duration::from_secs(30 * 60),
-        }
-    }
-}
-
-impl Timing {
-    /// Refuses a duration that would make the account due again less than ten minutes
-    /// after each write, which would rewrite its secrets on every tick.
-    pub fn check(&self, duration_seconds: u32) -> Result<(), String> {
-        let lifetime = Duration::from_secs(u64::from(duration_seconds));
-        let needed = self.rotate_before_expiry + MIN_REWRITE_INTERVAL;
-        if lifetime < needed {
-            return Err(format!(
-                "duration {duration_seconds}s minus rotate_before_expiry {}s leaves less than the {}s AWS advises between writes of a secret; use a duration of at least {}s or lower rotate_before_expiry",
-                self.rotate_before_expiry.as_secs(),
-                MIN_REWRITE_INTERVAL.as_secs(),
-                needed.as_secs()
-            ));
-        }
-        Ok(())
-    }
-
-    /// The next rotation time for credentials written `now` that expire at `expiration`:
-    /// `rotate_before_expiry` ahead of expiry, plus up to a tenth of the lifetime (at most
-    /// five minutes) of jitter so accounts registered together drift apart, never sooner
-    /// than ten minutes after the write.
-    pub fn rotate_after(
-        &self,
-        now: DateTime<Utc>,
-        expiration: DateTime<Utc>,
-        fraction: f64,
-    ) -> DateTime<Utc> {
-        let lifetime = (expiration - now).to_std().unwrap_or_default();
-        let jitter = (lifetime / 10)
-            .min(MAX_JITTER)
-            .mul_f64(fraction.clamp(0.0, 1.0));
-        let due = expiration - chrono_duration(self.rotate_before_expiry) - chrono_duration(jitter);
-        due.max(now + chrono_duration(MIN_REWRITE_INTERVAL))
-    }
-}
-
-/// Why an account is rotated this tick.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RotateReason {
-    NeverWritten,
-    /// A write was left half done: rewrite the whole triple, whatever the interval.
-    Incomplete,
-    ConfigChanged,
-    LastAttemptFailed,
-    ExpiresSoon,
-    /// An operator asked for it (`POST /teams/{name}/rotate`).
-    Requested,
-}
-
-/// Why an account is left alone this tick.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SkipReason {
-    /// Written less than ten minutes ago; due again at `until` at the earliest.
-    WrittenRecently,
-    /// Valid long enough; due at `until`.
-    Fresh,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    Rotate(RotateReason),
-    Skip {
-        reason: SkipReason,
-        until: DateTime<Utc>,
-    },
-}
-
-/// Decides one account. Repairing a half-written triple is the one thing that may happen
-/// within ten minutes of the last write.
-pub fn decide(state: Option<&AccountState>, fingerprint: &str, now: DateTime<Utc>) -> Decision {
-    let Some(state) = state.filter(|s| s.written_at.is_some() || s.incomplete) else {
-        return Decision::Rotate(RotateReason::NeverWritten);
-    };
-    if state.incomplete {
-        return Decision::Rotate(RotateReason::Incomplete);
-    }
-    if let Some(written_at) = state.written_at {
-        let earliest = written_at + chrono_duration(MIN_REWRITE_INTERVAL);
-        if now < earliest {
-            return Decision::Skip {
-                reason: SkipReason::WrittenRecently,
-                until: earliest,
-            };
-        }
-    }
-    if state.fingerprint != fingerprint {
-        return Decision::Rotate(RotateReason::ConfigChanged);
-    }
-    if state.consecutive_failures > 0 {
-        return Decision::Rotate(RotateReason::LastAttemptFailed);
-    }
-    match state.rotate_after {
-        Some(until) if now < until => Decision::Skip {
-            reason: SkipReason::Fresh,
-            until,
-        },
-        _ => Decision::Rotate(RotateReason::ExpiresSoon),
-    }
+    /// The failure cannot heal by itself: an operator has to act.
+    #[serde(default)]
+    pub permanent: bool,
 }
 
 /// A short, stable digest of everything that decides what an account's secrets hold
 /// and where: a change to any of it means the secrets must be rewritten.
 pub fn fingerprint(account: &AccountConfig, path: &SecretPath, format: SecretFormat) -> String {
+    digest(&[
+        account.role_arn.as_bytes(),
+        account.duration_seconds.to_string().as_bytes(),
+        account.external_id.as_deref().unwrap_or("").as_bytes(),
+        path.as_str().as_bytes(),
+        format.as_str().as_bytes(),
+    ])
+}
+
+/// The digest of a stored team document, to notice that it changed.
+pub fn document_digest(bytes: &[u8]) -> String {
+    digest(&[bytes])
+}
+
+fn digest(parts: &[&[u8]]) -> String {
     let mut digest = Sha256::new();
-    for part in [
-        account.role_arn.as_str(),
-        &account.duration_seconds.to_string(),
-        account.external_id.as_deref().unwrap_or(""),
-        path.as_str(),
-        format.as_str(),
-    ] {
-        digest.update(part.as_bytes());
+    for part in parts {
+        digest.update(part);
         digest.update([0]);
     }
     hex::encode(&digest.finalize()[..8])
@@ -230,101 +164,6 @@ mod tests {
             rotate_after: Some(at(rotate_after)),
             ..Default::default()
         }
-    }
-
-    #[test]
-    fn never_written_rotates() {
-        assert_eq!(
-            decide(None, "f", at(0)),
-            Decision::Rotate(RotateReason::NeverWritten)
-        );
-        let failed_only = AccountState {
-            consecutive_failures: 2,
-            ..Default::default()
-        };
-        assert_eq!(
-            decide(Some(&failed_only), "f", at(0)),
-            Decision::Rotate(RotateReason::NeverWritten)
-        );
-    }
-
-    #[test]
-    fn fresh_accounts_are_skipped_until_due() {
-        let state = written(0, 28);
-        assert_eq!(
-            decide(Some(&state), "f", at(20)),
-            Decision::Skip {
-                reason: SkipReason::Fresh,
-                until: at(28)
-            }
-        );
-        assert_eq!(
-            decide(Some(&state), "f", at(28)),
-            Decision::Rotate(RotateReason::ExpiresSoon)
-        );
-    }
-
-    #[test]
-    fn nothing_but_a_repair_within_ten_minutes_of_a_write() {
-        let mut state = written(0, 5);
-        state.fingerprint = "old".into();
-        state.consecutive_failures = 1;
-        assert_eq!(
-            decide(Some(&state), "f", at(9)),
-            Decision::Skip {
-                reason: SkipReason::WrittenRecently,
-                until: at(10)
-            }
-        );
-        state.incomplete = true;
-        assert_eq!(
-            decide(Some(&state), "f", at(1)),
-            Decision::Rotate(RotateReason::Incomplete)
-        );
-    }
-
-    #[test]
-    fn changes_and_failures_rotate_once_the_interval_has_passed() {
-        let state = written(0, 50);
-        assert_eq!(
-            decide(Some(&state), "g", at(11)),
-            Decision::Rotate(RotateReason::ConfigChanged)
-        );
-        let failed = AccountState {
-            consecutive_failures: 1,
-            ..written(0, 50)
-        };
-        assert_eq!(
-            decide(Some(&failed), "f", at(11)),
-            Decision::Rotate(RotateReason::LastAttemptFailed)
-        );
-    }
-
-    #[test]
-    fn rotate_after_leaves_the_margin_and_spreads_accounts() {
-        let timing = Timing::default();
-        let now = at(0);
-        let expiration = at(60);
-        assert_eq!(timing.rotate_after(now, expiration, 0.0), at(30));
-        // A tenth of an hour is six minutes, capped at five.
-        assert_eq!(timing.rotate_after(now, expiration, 1.0), at(25));
-        let half = timing.rotate_after(now, expiration, 0.5);
-        assert!(half < at(30) && half > at(25));
-        // Never sooner than ten minutes after the write.
-        assert_eq!(timing.rotate_after(now, at(35), 1.0), at(10));
-    }
-
-    #[test]
-    fn durations_that_would_force_rewrites_every_tick_are_refused() {
-        let timing = Timing::default();
-        assert!(timing.check(3600).is_ok());
-        assert!(timing.check(2400).is_ok());
-        let error = timing.check(900).unwrap_err();
-        assert!(error.contains("at least 2400s"), "{error}");
-        let short = Timing {
-            rotate_before_expiry: Duration::from_secs(300),
-        };
-        assert!(short.check(900).is_ok());
     }
 
     #[test]
@@ -357,16 +196,20 @@ mod tests {
     }
 
     #[test]
-    fn state_documents_round_trip_and_tolerate_missing_fields() {
+    fn state_documents_round_trip_marked_and_tolerate_missing_fields() {
         let mut team = TeamState::default();
         team.accounts.insert("a".into(), written(0, 28));
-        let text = serde_json::to_string(&team).unwrap();
-        assert_eq!(serde_json::from_str::<TeamState>(&text).unwrap(), team);
-        let sparse: TeamState = serde_json::from_str(r#"{"accounts":{"a":{"fingerprint":"f","written_at":null,"expiration":null,"rotate_after":null,"last_error":null}}}"#).unwrap();
+        let stored = TeamState::read(&team.to_bytes()).unwrap();
+        assert!(stored.is_marked());
+        assert_eq!(stored.accounts, team.accounts);
+        let sparse = TeamState::read(br#"{"accounts":{"a":{"fingerprint":"f","written_at":null,"expiration":null,"rotate_after":null,"last_error":null}}}"#).unwrap();
         assert!(!sparse.accounts["a"].incomplete);
-        let bare: TeamState =
-            serde_json::from_str(r#"{"accounts":{"a":{"fingerprint":"f"}}}"#).unwrap();
+        assert!(!sparse.is_marked(), "written before the mark existed");
+        let bare = TeamState::read(br#"{"accounts":{"a":{"fingerprint":"f"}}}"#).unwrap();
         assert_eq!(bare.accounts["a"].written_at, None);
+        for foreign in [&b"garbage"[..], b"[1]", br#"{"accounts":5}"#] {
+            assert_eq!(TeamState::read(foreign), None);
+        }
     }
 
     #[test]
@@ -382,7 +225,7 @@ mod tests {
             text.contains(r#""expiration":"2030-03-17T18:46:40Z""#),
             "{text}"
         );
-        // What chrono's own serde support wrote, offsets included, still reads.
+        // What earlier versions wrote, offsets included, still reads.
         let older = r#"{"fingerprint":"f","written_at":"2030-03-17T17:46:40.250+00:00","expiration":"2030-03-17T19:46:40+01:00"}"#;
         let read: AccountState = serde_json::from_str(older).unwrap();
         assert_eq!(read.written_at, account.written_at);

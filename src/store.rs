@@ -1,75 +1,114 @@
 //! The key-value store as the engine needs it: team documents, per-team rotation state
 //! and the tick lease. Spin's store in the component, a map in unit tests.
+//!
+//! Two facts of Spin's stores shape this trait. Every `set` on Spin's default SQLite store
+//! is a commit with fsyncs while the whole component waits, so a tick writes through
+//! [`KeyValue::set_many`], one commit for any number of documents. And no store's
+//! compare-and-swap answer can be trusted (Spin's Redis store reports every swap as failed
+//! after writing it, and a lost race as success), so [`KeyValue::swap`] answers nothing:
+//! whoever swaps reads the key back.
 
-/// A key-value store with one atomic operation.
+/// Why a key-value call failed. Nothing retries these: the tick stops and says so.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The component may not use the store (not in `key_value_stores`, or not configured).
+    #[error("the key-value store is not available to this component")]
+    Unavailable,
+    #[error("access to the key-value store was denied")]
+    AccessDenied,
+    /// Anything the backend reported (a lost connection, a full disk).
+    #[error("{0}")]
+    Backend(String),
+}
+
+/// A key-value store.
 pub trait KeyValue {
-    fn keys(&self) -> anyhow::Result<Vec<String>>;
-    fn get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>>;
-    fn set(&self, key: &str, value: &[u8]) -> anyhow::Result<()>;
-    fn delete(&self, key: &str) -> anyhow::Result<()>;
-    /// Writes `new` only if `key` still holds `expected` (`None`: absent). `Ok(false)` when
-    /// another writer got there first.
-    fn compare_and_swap(
-        &self,
-        key: &str,
-        expected: Option<&[u8]>,
-        new: &[u8],
-    ) -> anyhow::Result<bool>;
+    fn keys(&self) -> Result<Vec<String>, StoreError>;
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The values of `keys`, in the order asked, `None` where a key is absent.
+    fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    /// Writes every entry in one commit where the store has commits (Spin's SQLite store).
+    fn set_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError>;
+    fn delete(&self, key: &str) -> Result<(), StoreError>;
+    fn delete_many(&self, keys: &[String]) -> Result<(), StoreError>;
+    /// Writes `new` if `key` holds `expected` (`None`: absent). Whether it did is not
+    /// reported, because no backend reports it reliably: read the key back.
+    fn swap(&self, key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<(), StoreError>;
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
     use std::collections::BTreeMap;
 
-    /// An in-memory store.
+    /// An in-memory store with a true compare-and-swap, counting its commits.
     #[derive(Default)]
-    pub struct MemoryStore(pub RefCell<BTreeMap<String, Vec<u8>>>);
+    pub struct MemoryStore {
+        pub entries: RefCell<BTreeMap<String, Vec<u8>>>,
+        /// Calls that would each be one commit on Spin's SQLite store.
+        pub commits: Cell<usize>,
+    }
 
     impl MemoryStore {
         pub fn with(self, key: &str, value: &str) -> Self {
-            self.0
+            self.entries
                 .borrow_mut()
                 .insert(key.to_owned(), value.as_bytes().to_vec());
             self
         }
 
         pub fn text(&self, key: &str) -> Option<String> {
-            self.0
+            self.entries
                 .borrow()
                 .get(key)
                 .map(|v| String::from_utf8_lossy(v).into_owned())
         }
+
+        fn commit(&self) {
+            self.commits.set(self.commits.get() + 1);
+        }
     }
 
     impl KeyValue for MemoryStore {
-        fn keys(&self) -> anyhow::Result<Vec<String>> {
-            Ok(self.0.borrow().keys().cloned().collect())
+        fn keys(&self) -> Result<Vec<String>, StoreError> {
+            Ok(self.entries.borrow().keys().cloned().collect())
         }
-        fn get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
-            Ok(self.0.borrow().get(key).cloned())
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(self.entries.borrow().get(key).cloned())
         }
-        fn set(&self, key: &str, value: &[u8]) -> anyhow::Result<()> {
-            self.0.borrow_mut().insert(key.to_owned(), value.to_vec());
+        fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+            keys.iter().map(|key| self.get(key)).collect()
+        }
+        fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+            self.commit();
+            self.entries
+                .borrow_mut()
+                .insert(key.to_owned(), value.to_vec());
             Ok(())
         }
-        fn delete(&self, key: &str) -> anyhow::Result<()> {
-            self.0.borrow_mut().remove(key);
+        fn set_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+            self.commit();
+            self.entries.borrow_mut().extend(entries.iter().cloned());
             Ok(())
         }
-        fn compare_and_swap(
-            &self,
-            key: &str,
-            expected: Option<&[u8]>,
-            new: &[u8],
-        ) -> anyhow::Result<bool> {
-            let mut map = self.0.borrow_mut();
-            if map.get(key).map(Vec::as_slice) != expected {
-                return Ok(false);
+        fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.delete_many(&[key.to_owned()])
+        }
+        fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+            self.commit();
+            let mut entries = self.entries.borrow_mut();
+            for key in keys {
+                entries.remove(key);
             }
-            map.insert(key.to_owned(), new.to_vec());
-            Ok(true)
+            Ok(())
+        }
+        fn swap(&self, key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<(), StoreError> {
+            if self.entries.borrow().get(key).map(Vec::as_slice) == expected {
+                self.set(key, new)?;
+            }
+            Ok(())
         }
     }
 }

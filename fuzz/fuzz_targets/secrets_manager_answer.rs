@@ -5,5 +5,5 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: (u16, Vec<u8>)| {
     let (status, body) = input;
-    let _ = check_write(&HttpResponse { status, body });
+    let _ = check_write(&HttpResponse::new(status, body));
 });

@@ -5,5 +5,5 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: (u16, Vec<u8>)| {
     let (status, body) = input;
-    let _ = parse_assume_role(&HttpResponse { status, body });
+    let _ = parse_assume_role(&HttpResponse::new(status, body));
 });

@@ -1,9 +1,9 @@
 //! The admin API's routes, token check and answers, against an in-memory store.
 
 use super::*;
-use crate::rotate::Stage;
-use crate::state::RotateReason;
+use crate::state::Stage;
 use crate::store::tests::MemoryStore;
+use crate::tick::plan::RotateReason;
 use std::cell::RefCell;
 
 const TOKEN: &str = "s3cret-admin-token";
@@ -34,8 +34,8 @@ impl Rotator for FakeRotator {
             role_arn: "arn:aws:iam::123456789012:role/ci".into(),
             reason: RotateReason::Requested,
             secret_path: "/concourse/alpha/dev".into(),
-            expiration: "2030-01-01T01:00:00Z".into(),
-            rotate_after: "2030-01-01T00:30:00Z".into(),
+            expiration: "2030-01-01T01:00:00Z".parse().unwrap(),
+            rotate_after: "2030-01-01T00:30:00Z".parse().unwrap(),
             secrets_created: 0,
         };
         Ok((summary, vec![Event::TickStarted { teams: 1 }, event]))

@@ -1,18 +1,22 @@
 //! What can go wrong talking to AWS, typed so that callers can branch on it: retry or
-//! not, secret missing or some other failure.
+//! not, heal by itself or not, secret missing or some other failure.
+
+use super::transport::{HttpResponse, TransportError};
 
 /// A failed AWS call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AwsError {
-    /// The request never got an HTTP answer: connection refused or reset, timeout.
+    /// The request never got a complete HTTP answer.
     #[error("transport error: {0}")]
-    Transport(String),
+    Transport(TransportError),
     /// AWS answered with an error document.
-    #[error("{code} (HTTP {status}): {message}")]
+    #[error("{code} (HTTP {status}): {message}{}", request_id_note(request_id.as_deref()))]
     Service {
         status: u16,
         code: String,
         message: String,
+        /// AWS's id of the request (`x-amzn-RequestId`), for a support case or CloudTrail.
+        request_id: Option<String>,
     },
     /// The answer could not be understood (truncated, garbage, unexpected shape).
     #[error("unreadable answer (HTTP {status}): {detail}")]
@@ -20,6 +24,10 @@ pub enum AwsError {
     /// The request could not be signed or built; retrying cannot help.
     #[error("request could not be built: {0}")]
     Request(String),
+}
+
+fn request_id_note(request_id: Option<&str>) -> String {
+    request_id.map_or_else(String::new, |id| format!(" (request id {id})"))
 }
 
 /// Error codes AWS documents as throttling, in either protocol.
@@ -31,18 +39,46 @@ const THROTTLING_CODES: [&str; 5] = [
     "RequestThrottled",
 ];
 
+/// Error codes of failures that cannot heal by themselves: the role, its trust policy,
+/// the rotator's policy or keys, the request or the secret has to be changed by someone.
+const PERMANENT_CODES: [&str; 11] = [
+    "AccessDenied",
+    "AccessDeniedException",
+    "NoSuchEntity",
+    "ValidationError",
+    "ValidationException",
+    "RegionDisabledException",
+    "InvalidClientTokenId",
+    "UnrecognizedClientException",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    // Secrets Manager's answer for a secret scheduled for deletion.
+    "InvalidRequestException",
+];
+
 impl AwsError {
     /// The retryable classes of the AWS SDKs' standard mode: transport failures, HTTP 5xx
     /// and 429, and the throttling codes. An unreadable 5xx counts too: it is the shape a
     /// proxy's or load balancer's failure takes.
     pub fn is_retryable(&self) -> bool {
         match self {
-            AwsError::Transport(_) => true,
+            AwsError::Transport(error) => error.is_retryable(),
             AwsError::Service { status, code, .. } => {
                 *status >= 500 || *status == 429 || THROTTLING_CODES.contains(&code.as_str())
             }
             AwsError::Malformed { status, .. } => *status >= 500 || *status == 429,
             AwsError::Request(_) => false,
+        }
+    }
+
+    /// Whether only an operator can make this go away (as opposed to throttling, outages
+    /// and timeouts, which pass).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            AwsError::Transport(error) => !error.is_retryable(),
+            AwsError::Service { code, .. } => PERMANENT_CODES.contains(&code.as_str()),
+            AwsError::Malformed { .. } => false,
+            AwsError::Request(_) => true,
         }
     }
 
@@ -74,10 +110,12 @@ impl AwsError {
                 status,
                 code,
                 message,
+                request_id,
             } => AwsError::Service {
                 status,
                 code: scrub(code),
                 message,
+                request_id: request_id.map(scrub),
             },
             other => other,
         }
@@ -85,15 +123,17 @@ impl AwsError {
 
     fn map_text(self, change: impl FnOnce(String) -> String) -> Self {
         match self {
-            AwsError::Transport(text) => AwsError::Transport(change(text)),
+            AwsError::Transport(error) => AwsError::Transport(error.scrubbed(change)),
             AwsError::Service {
                 status,
                 code,
                 message,
+                request_id,
             } => AwsError::Service {
                 status,
                 code,
                 message: change(message),
+                request_id,
             },
             AwsError::Malformed { status, detail } => AwsError::Malformed {
                 status,
@@ -106,16 +146,26 @@ impl AwsError {
 
 /// Reads an XML error document: AWS's `ErrorResponse/Error/{Code,Message}`, and the
 /// `ErrorResponse/Errors/Error` shape moto uses for authorization failures of every service.
-pub(crate) fn parse_xml_error(status: u16, body: &str) -> Option<AwsError> {
-    let mut error = super::xml::child_texts(body, "Error")?;
+pub(crate) fn parse_xml_error(response: &HttpResponse) -> Option<AwsError> {
+    let body = String::from_utf8_lossy(&response.body);
+    let mut error = super::xml::child_texts(&body, "Error")?;
     let code = error
         .remove("Code")
         .filter(|code| !code.trim().is_empty())?;
     Some(AwsError::Service {
-        status,
+        status: response.status,
         code: truncate(code.trim(), 100),
         message: truncate(error.remove("Message").unwrap_or_default().trim(), 500),
+        request_id: request_id(response),
     })
+}
+
+/// The request id AWS sends with every answer, in either protocol's header spelling.
+pub(crate) fn request_id(response: &HttpResponse) -> Option<String> {
+    ["x-amzn-requestid", "x-amz-request-id"]
+        .iter()
+        .find_map(|name| response.header(name))
+        .map(|id| truncate(id, 100))
 }
 
 /// Cuts text from an answer down to a loggable size without splitting a character.
@@ -135,12 +185,16 @@ mod tests {
             status,
             code: code.into(),
             message: String::new(),
+            request_id: None,
         }
     }
 
     #[test]
     fn retryable_classes_follow_the_standard_mode() {
-        assert!(AwsError::Transport("reset".into()).is_retryable());
+        assert!(AwsError::Transport(TransportError::Connection("reset".into())).is_retryable());
+        assert!(AwsError::Transport(TransportError::Timeout("slow".into())).is_retryable());
+        let refused = AwsError::Transport(TransportError::Refused("http://elsewhere".into()));
+        assert!(!refused.is_retryable() && refused.is_permanent());
         assert!(service(500, "InternalFailure").is_retryable());
         assert!(service(503, "ServiceUnavailable").is_retryable());
         assert!(service(429, "Anything").is_retryable());
@@ -164,11 +218,44 @@ mod tests {
     }
 
     #[test]
+    fn permanent_failures_are_told_from_passing_ones() {
+        for code in [
+            "AccessDenied",
+            "ValidationError",
+            "InvalidRequestException",
+            "NoSuchEntity",
+        ] {
+            assert!(service(400, code).is_permanent(), "{code}");
+        }
+        for code in ["Throttling", "InternalFailure", "ServiceUnavailable"] {
+            assert!(!service(500, code).is_permanent(), "{code}");
+        }
+        assert!(!AwsError::Transport(TransportError::Timeout("slow".into())).is_permanent());
+    }
+
+    #[test]
+    fn the_request_id_is_read_from_the_answer_and_shown() {
+        let mut answer = HttpResponse::new(
+            403,
+            "<ErrorResponse><Error><Code>AccessDenied</Code><Message>no</Message></Error></ErrorResponse>",
+        );
+        answer
+            .headers
+            .insert("x-amzn-RequestId", "c6104cbe-af31".parse().unwrap());
+        let error = parse_xml_error(&answer).unwrap();
+        assert_eq!(
+            error.to_string(),
+            "AccessDenied (HTTP 403): no (request id c6104cbe-af31)"
+        );
+    }
+
+    #[test]
     fn redaction_scrubs_every_secret() {
         let error = AwsError::Service {
             status: 403,
             code: "SignatureDoesNotMatch".into(),
             message: "key AKIDX with token TOK and again AKIDX".into(),
+            request_id: None,
         }
         .redacted(&["AKIDX", "TOK", ""]);
         assert_eq!(
@@ -179,10 +266,12 @@ mod tests {
             status: 400,
             code: "Bad-TOK".into(),
             message: String::new(),
+            request_id: None,
         }
         .redacted(&["TOK"]);
         assert_eq!(echoed.code(), Some("Bad-[REDACTED]"));
-        let transport = AwsError::Transport("reset after TOK".into()).redacted(&["TOK"]);
+        let transport = AwsError::Transport(TransportError::Connection("reset after TOK".into()))
+            .redacted(&["TOK"]);
         assert_eq!(
             transport.to_string(),
             "transport error: reset after [REDACTED]"

@@ -3,8 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::error::{parse_xml_error, truncate};
-use super::{AwsError, HttpResponse};
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+
+use super::error::{parse_xml_error, request_id, truncate};
+use super::{AssumedCredentials, AwsError, HttpResponse};
 
 /// The media type of the JSON 1.1 protocol.
 pub const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
@@ -20,11 +23,56 @@ pub struct Operation {
     pub body: Vec<u8>,
 }
 
+/// One secret write: where, what, and the token that makes a retry of it idempotent.
+pub struct SecretWrite<'a> {
+    pub name: &'a str,
+    pub value: &'a str,
+    /// `ClientRequestToken`: derived from the secret's name and the new credentials'
+    /// access key id, so every retry of this write (after a timeout or a lost answer)
+    /// names the same version and AWS adds no second one.
+    pub request_token: String,
+    /// Set on a secret that is created, so that whoever finds it knows what writes it.
+    pub description: String,
+}
+
+impl<'a> SecretWrite<'a> {
+    pub fn new(
+        name: &'a str,
+        value: &'a str,
+        credentials: &AssumedCredentials,
+        team: &str,
+        account: &str,
+    ) -> Self {
+        Self {
+            name,
+            value,
+            request_token: request_token(name, credentials.access_key_id.expose_secret()),
+            description: format!(
+                "Temporary AWS credentials for Concourse team {team}, account {account}; rotated by concourse-sts"
+            ),
+        }
+    }
+}
+
+/// A UUID (as the SDKs send) made from a digest of the secret's name and the access key
+/// id: stable for one set of credentials, different for the next.
+fn request_token(name: &str, access_key_id: &str) -> String {
+    let digest = Sha256::new()
+        .chain_update(name.as_bytes())
+        .chain_update([0])
+        .chain_update(access_key_id.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Uuid::new_v8(bytes).hyphenated().to_string()
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
 struct PutSecretValue<'a> {
     secret_id: &'a str,
     secret_string: &'a str,
+    client_request_token: &'a str,
 }
 
 #[derive(Serialize)]
@@ -33,30 +81,30 @@ struct CreateSecret<'a> {
     name: &'a str,
     secret_string: &'a str,
     description: &'a str,
+    client_request_token: &'a str,
 }
 
 /// A new version of an existing secret.
-pub fn put_secret_value(name: &str, value: &str) -> Operation {
+pub fn put_secret_value(write: &SecretWrite) -> Operation {
     Operation {
         target: "secretsmanager.PutSecretValue",
         body: to_json(&PutSecretValue {
-            secret_id: name,
-            secret_string: value,
+            secret_id: write.name,
+            secret_string: write.value,
+            client_request_token: &write.request_token,
         }),
     }
 }
 
-/// A secret that does not exist yet, described so that a person who finds it in the
-/// console knows what writes it.
-pub fn create_secret(name: &str, value: &str, team: &str, account: &str) -> Operation {
-    let description =
-        format!("Temporary AWS credentials for Concourse team {team}, account {account}; rotated by concourse-sts");
+/// A secret that does not exist yet, with its first version.
+pub fn create_secret(write: &SecretWrite) -> Operation {
     Operation {
         target: "secretsmanager.CreateSecret",
         body: to_json(&CreateSecret {
-            name,
-            secret_string: value,
-            description: &description,
+            name: write.name,
+            secret_string: write.value,
+            description: &write.description,
+            client_request_token: &write.request_token,
         }),
     }
 }
@@ -97,19 +145,19 @@ pub fn check_write(response: &HttpResponse) -> Result<(), AwsError> {
     let parsed = serde_json::from_slice::<JsonError>(&response.body)
         .ok()
         .filter(|error| !error.kind.is_empty());
-    let body = String::from_utf8_lossy(&response.body);
     Err(match parsed {
         Some(error) => AwsError::Service {
             status: response.status,
             code: truncate(error.kind.rsplit('#').next().unwrap_or_default(), 100),
             message: truncate(&error.message, 500),
+            request_id: request_id(response),
         },
         // Authorization failures can come back in the XML shape (moto does this).
-        None => parse_xml_error(response.status, &body).unwrap_or_else(|| AwsError::Malformed {
+        None => parse_xml_error(response).unwrap_or_else(|| AwsError::Malformed {
             status: response.status,
             detail: format!(
                 "not a Secrets Manager error document: {:?}",
-                truncate(&body, 200)
+                truncate(&String::from_utf8_lossy(&response.body), 200)
             ),
         }),
     })
@@ -123,23 +171,63 @@ mod tests {
         HttpResponse::new(status, body)
     }
 
+    fn credentials(access_key_id: &str) -> AssumedCredentials {
+        AssumedCredentials {
+            access_key_id: access_key_id.to_owned().into(),
+            secret_access_key: "S".to_owned().into(),
+            session_token: "T".to_owned().into(),
+            expiration: chrono::DateTime::UNIX_EPOCH,
+        }
+    }
+
     #[test]
-    fn builds_put_and_create_bodies() {
-        let put = put_secret_value("/concourse/t/a-access-key", "v\"1");
+    fn builds_put_and_create_bodies_with_one_request_token() {
+        let first = credentials("ASIAFIRST");
+        let write = SecretWrite::new("/concourse/t/a-access-key", "v\"1", &first, "t", "a");
+        let put = put_secret_value(&write);
         assert_eq!(put.target, "secretsmanager.PutSecretValue");
+        let token = &write.request_token;
         assert_eq!(
             String::from_utf8(put.body).unwrap(),
-            r#"{"SecretId":"/concourse/t/a-access-key","SecretString":"v\"1"}"#
+            format!(
+                r#"{{"SecretId":"/concourse/t/a-access-key","SecretString":"v\"1","ClientRequestToken":"{token}"}}"#
+            )
         );
-        let create = create_secret("/concourse/t/a-access-key", "v", "t", "a");
+        let create = create_secret(&write);
         assert_eq!(create.target, "secretsmanager.CreateSecret");
         let body: serde_json::Value = serde_json::from_slice(&create.body).unwrap();
         assert_eq!(body["Name"], "/concourse/t/a-access-key");
-        assert_eq!(body["SecretString"], "v");
+        assert_eq!(body["SecretString"], "v\"1");
+        assert_eq!(body["ClientRequestToken"], token.as_str());
         assert!(body["Description"]
             .as_str()
             .unwrap()
             .contains("team t, account a"));
+    }
+
+    #[test]
+    fn request_tokens_are_uuids_stable_per_secret_and_credentials() {
+        let token =
+            |name, key| SecretWrite::new(name, "v", &credentials(key), "t", "a").request_token;
+        let one = token("/c/t/a-access-key", "ASIAFIRST");
+        assert_eq!(one.len(), 36, "AWS wants 32 to 64 characters");
+        assert!(uuid::Uuid::parse_str(&one).is_ok());
+        assert_eq!(
+            one,
+            token("/c/t/a-access-key", "ASIAFIRST"),
+            "a retry reuses it"
+        );
+        assert_ne!(
+            one,
+            token("/c/t/a-secret-key", "ASIAFIRST"),
+            "each secret its own"
+        );
+        assert_ne!(
+            one,
+            token("/c/t/a-access-key", "ASIANEXT"),
+            "each rotation its own"
+        );
+        assert!(!one.contains("ASIA"));
     }
 
     #[test]

@@ -37,10 +37,10 @@ pub const CONTENT_TYPE: &str = "application/x-www-form-urlencoded; charset=utf-8
 
 /// Reads an `AssumeRole` answer: credentials on 200, a typed error otherwise.
 pub fn parse_assume_role(response: &HttpResponse) -> Result<AssumedCredentials, AwsError> {
-    let body = String::from_utf8_lossy(&response.body);
     if response.status != 200 {
-        return Err(parse_error(response.status, &body));
+        return Err(parse_error(response));
     }
+    let body = String::from_utf8_lossy(&response.body);
     // Nothing of the body goes into the error: on a 200 it holds credentials.
     let unreadable = || AwsError::Malformed {
         status: response.status,
@@ -74,10 +74,13 @@ pub fn parse_assume_role(response: &HttpResponse) -> Result<AssumedCredentials, 
 }
 
 /// Reads STS's `ErrorResponse/Error/{Code,Message}`, falling back to the raw body's start.
-fn parse_error(status: u16, body: &str) -> AwsError {
-    parse_xml_error(status, body).unwrap_or_else(|| AwsError::Malformed {
-        status,
-        detail: format!("not an STS error document: {:?}", truncate(body, 200)),
+fn parse_error(response: &HttpResponse) -> AwsError {
+    parse_xml_error(response).unwrap_or_else(|| AwsError::Malformed {
+        status: response.status,
+        detail: format!(
+            "not an STS error document: {:?}",
+            truncate(&String::from_utf8_lossy(&response.body), 200)
+        ),
     })
 }
 

@@ -2,11 +2,15 @@
 //! the runtime.
 
 use super::*;
-use crate::aws::client::Endpoints;
-use crate::aws::{HttpResponse, RotatorCredentials, TransportError};
+use crate::aws::{Endpoints, HttpResponse, RotatorCredentials, TransportError};
 use crate::clock::tests::ManualClock;
 use crate::lease::LEASE_KEY;
+use crate::roles::AllowedRoles;
+use crate::state::TeamState;
 use crate::store::tests::MemoryStore;
+use crate::store::StoreError;
+use crate::template::SecretFormat;
+use plan::RotateReason;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -29,6 +33,10 @@ struct FakeAws {
     in_flight: Cell<usize>,
     max_in_flight: Cell<usize>,
     calls: RefCell<Vec<String>>,
+    /// Every secret write's `ClientRequestToken`, by secret name.
+    tokens: RefCell<Vec<(String, String)>>,
+    /// Secret writes never answer (a host about to be stopped).
+    hang_writes: bool,
 }
 
 impl Default for FakeAws {
@@ -45,6 +53,8 @@ impl Default for FakeAws {
             in_flight: Cell::new(0),
             max_in_flight: Cell::new(0),
             calls: RefCell::default(),
+            tokens: RefCell::default(),
+            hang_writes: false,
         }
     }
 }
@@ -121,7 +131,8 @@ impl FakeAws {
             .extend(values.iter().cloned());
         let [key, secret, token] = values;
         let seconds: i64 = form["DurationSeconds"].parse().unwrap();
-        let expiration = format_time(self.clock.now() + chrono::Duration::seconds(seconds));
+        let expiration = (self.clock.now() + chrono::Duration::seconds(seconds))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         reply(
             200,
             format!(
@@ -143,6 +154,10 @@ impl FakeAws {
             .unwrap()
             .to_owned();
         self.calls.borrow_mut().push(format!("{operation} {name}"));
+        let token = body["ClientRequestToken"].as_str().unwrap_or_default();
+        self.tokens
+            .borrow_mut()
+            .push((name.clone(), token.to_owned()));
         if self.failing_secrets.contains(&name) {
             return reply(
                 400,
@@ -213,6 +228,9 @@ impl Transport for &FakeAws {
         self.max_in_flight
             .set(self.max_in_flight.get().max(self.in_flight.get()));
         YieldOnce(false).await;
+        if self.hang_writes && request.headers().contains_key("x-amz-target") {
+            std::future::pending::<()>().await;
+        }
         self.clock.advance(self.latency);
         self.in_flight.set(self.in_flight.get() - 1);
         Ok(self.answer(&request))
@@ -281,19 +299,7 @@ fn with_engine(
     rules: &RotationRules,
     team: Option<&str>,
 ) -> (TickSummary, Vec<Event>) {
-    let client = AwsClient::new(
-        aws,
-        &RotatorCredentials {
-            access_key_id: "AKIDROTATOR".into(),
-            secret_access_key: "ROTATORSECRET".into(),
-            session_token: None,
-        },
-        "us-east-1",
-        Endpoints {
-            sts: "http://sts.test".into(),
-            secrets_manager: "http://sm.test".into(),
-        },
-    );
+    let client = test_client(aws);
     let events = Events::default();
     let engine = Engine {
         client: &client,
@@ -301,6 +307,7 @@ fn with_engine(
         store,
         sink: &events,
         rules,
+        tick: "tick-test",
     };
     let summary = match team {
         None => futures::executor::block_on(engine.run_tick()),
@@ -318,7 +325,7 @@ fn event_lines(events: &[Event]) -> String {
 }
 
 fn state(store: &MemoryStore, team: &str) -> TeamState {
-    serde_json::from_str(&store.text(&format!("state/{team}")).unwrap()).unwrap()
+    TeamState::read(store.text(&format!("state/{team}")).unwrap().as_bytes()).unwrap()
 }
 
 fn rotated(events: &[Event]) -> Vec<(String, String, RotateReason)> {
@@ -730,10 +737,13 @@ fn an_invalid_document_keeps_its_teams_state() {
 #[test]
 fn a_tick_that_finds_the_lease_held_does_nothing() {
     let aws = FakeAws::default();
-    let until = format_time(aws.clock.now() + chrono::Duration::minutes(3));
+    let until = aws.clock.now() + chrono::Duration::minutes(3);
     let store = two_teams().with(
         LEASE_KEY,
-        &format!(r#"{{"holder":"tick-other","expires_at":"{until}"}}"#),
+        &format!(
+            r#"{{"holder":"tick-other","expires_at":"{}"}}"#,
+            until.to_rfc3339()
+        ),
     );
     let (summary, events) = tick(&aws, &store);
     assert!(summary.lease_busy);
@@ -765,7 +775,7 @@ fn events_never_carry_credential_values() {
     let (_, events) = tick(&aws, &store);
     let lines = event_lines(&events);
     let debug = format!("{events:?}");
-    let states = format!("{:?}", store.0.borrow());
+    let states = format!("{:?}", store.entries.borrow());
     let mut values = aws.issued_values.borrow().clone();
     assert_eq!(values.len(), 6, "two accounts got credentials");
     values.extend(["ROTATORSECRET".to_owned(), "AKIDROTATOR".to_owned()]);
@@ -843,30 +853,6 @@ fn no_teams_is_a_quiet_success() {
 }
 
 #[test]
-fn log_lines_carry_time_level_and_fields() {
-    let event = Event::AccountFailed {
-        team: "t".into(),
-        account: "a".into(),
-        role_arn: role("r"),
-        stage: Stage::AssumeRole,
-        code: Some("AccessDenied".into()),
-        retryable: false,
-        error: "denied".into(),
-    };
-    let line: serde_json::Value =
-        serde_json::from_str(&event.to_log_line(DateTime::UNIX_EPOCH)).unwrap();
-    assert_eq!(line["time"], "1970-01-01T00:00:00Z");
-    assert_eq!(line["level"], "error");
-    assert_eq!(line["event"], "account_failed");
-    assert_eq!(line["code"], "AccessDenied");
-    let info = Event::TickStarted { teams: 1 }.to_log_line(DateTime::UNIX_EPOCH);
-    assert_eq!(
-        info,
-        r#"{"time":"1970-01-01T00:00:00Z","level":"info","event":"tick_started","teams":1}"#
-    );
-}
-
-#[test]
 fn rotating_one_team_touches_only_that_team_and_keeps_the_ten_minute_rule() {
     let aws = FakeAws::default();
     let store = two_teams();
@@ -896,5 +882,444 @@ fn rotating_one_team_touches_only_that_team_and_keeps_the_ten_minute_rule() {
     assert!(
         store.text("state/alpha").is_some(),
         "a one-team run prunes no other team"
+    );
+}
+
+/// `n` accounts in teams of ten.
+fn many_accounts(n: usize) -> MemoryStore {
+    let store = MemoryStore::default();
+    for t in 0..n.div_ceil(10) {
+        let accounts: Vec<(String, &str)> = (0..10.min(n - t * 10))
+            .map(|a| (format!("a{a}"), "ci"))
+            .collect();
+        let refs: Vec<(&str, &str)> = accounts.iter().map(|(a, r)| (a.as_str(), *r)).collect();
+        store
+            .set(
+                &format!("team/t{t:03}"),
+                team(&format!("t{t:03}"), &refs).as_bytes(),
+            )
+            .unwrap();
+    }
+    store.commits.set(0);
+    store
+}
+
+#[test]
+fn store_commits_do_not_grow_with_accounts() {
+    for n in [3, 120] {
+        let aws = FakeAws::default();
+        let store = many_accounts(n);
+        let unpaced = RotationRules {
+            writes_per_second: 0,
+            ..rules(32)
+        };
+        let (summary, _) = tick_with(&aws, &store, &unpaced);
+        assert_eq!(summary.rotated, n);
+        // Take the lease, mark the due accounts, store the outcomes, release.
+        assert_eq!(store.commits.get(), 4, "{n} accounts");
+        store.commits.set(0);
+        let (summary, _) = tick_with(&aws, &store, &unpaced);
+        assert_eq!(summary.skipped, n);
+        assert_eq!(store.commits.get(), 0, "an idle tick writes nothing");
+    }
+}
+
+#[test]
+fn an_idle_tick_takes_no_lease() {
+    let aws = FakeAws::default();
+    let store = two_teams();
+    tick(&aws, &store);
+    let lease = store.text(LEASE_KEY);
+    let busy = format!(
+        r#"{{"holder":"tick-other","expires_at":"{}"}}"#,
+        (aws.clock.now() + chrono::Duration::minutes(3)).to_rfc3339()
+    );
+    store.set(LEASE_KEY, busy.as_bytes()).unwrap();
+    let (summary, events) = tick(&aws, &store);
+    assert!(!summary.lease_busy, "nothing due, so no lease was needed");
+    assert_eq!(summary.skipped, 3);
+    assert!(!events.iter().any(|e| matches!(e, Event::LeaseBusy { .. })));
+    assert_ne!(store.text(LEASE_KEY), lease);
+}
+
+#[test]
+fn two_overlapping_ticks_rotate_each_account_once() {
+    let aws = FakeAws {
+        latency: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let store = many_accounts(20);
+    let rules = rules(4);
+    let (first, second) = futures::executor::block_on(async {
+        let one = async { with_engine_async(&aws, &store, &rules, "tick-one").await };
+        let other = async {
+            YieldOnce(false).await;
+            with_engine_async(&aws, &store, &rules, "tick-other").await
+        };
+        futures::join!(one, other)
+    });
+    let busy = [&first, &second]
+        .iter()
+        .filter(|(summary, _)| summary.lease_busy)
+        .count();
+    assert_eq!(busy, 1, "one of the two ticks found the lease held");
+    assert_eq!(first.0.rotated + second.0.rotated, 20);
+    assert_eq!(aws.count_calls("AssumeRole"), 20, "no account twice");
+    for t in 0..2 {
+        for a in 0..10 {
+            aws.consistent_triple(&format!("/concourse/t{t:03}/a{a}"));
+        }
+    }
+}
+
+async fn with_engine_async(
+    aws: &FakeAws,
+    store: &MemoryStore,
+    rules: &RotationRules,
+    tick: &str,
+) -> (TickSummary, Vec<Event>) {
+    let client = test_client(aws);
+    let events = Events::default();
+    let engine = Engine {
+        client: &client,
+        clock: &aws.clock,
+        store,
+        sink: &events,
+        rules,
+        tick,
+    };
+    let summary = engine.run_tick().await.unwrap();
+    (summary, events.0.into_inner())
+}
+
+#[test]
+fn a_host_stopped_mid_tick_leaves_every_due_account_marked_for_repair() {
+    let hung = FakeAws {
+        hang_writes: true,
+        ..Default::default()
+    };
+    let store = two_teams();
+    futures::executor::block_on(async {
+        let client = test_client(&hung);
+        let events = Events::default();
+        let rules = rules(8);
+        let engine = Engine {
+            client: &client,
+            clock: &hung.clock,
+            store: &store,
+            sink: &events,
+            rules: &rules,
+            tick: "tick-stopped",
+        };
+        let tick = engine.run_tick();
+        futures::pin_mut!(tick);
+        for _ in 0..50 {
+            assert!(futures::poll!(tick.as_mut()).is_pending());
+        }
+        // The tick is dropped here, as a stopped host drops it.
+    });
+    assert_eq!(
+        hung.count_calls("AssumeRole"),
+        3,
+        "every account got that far"
+    );
+    for (team, account) in [("alpha", "dev"), ("alpha", "prod"), ("beta", "lab")] {
+        assert!(
+            state(&store, team).accounts[account].incomplete,
+            "{team}/{account}"
+        );
+    }
+    // The next tick, once the lease of the stopped one has expired, repairs all of them.
+    let aws = FakeAws::default();
+    aws.clock
+        .advance(RotationRules::default().lease_ttl() + MINUTE);
+    let (summary, events) = tick(&aws, &store);
+    assert_eq!(summary.rotated, 3);
+    assert!(rotated(&events)
+        .iter()
+        .all(|(_, _, reason)| *reason == RotateReason::Incomplete));
+}
+
+/// A store where another tick takes the lease over after this one's `n`th read of it.
+struct TakeoverStore {
+    inner: MemoryStore,
+    reads_left: Cell<usize>,
+}
+
+impl crate::store::KeyValue for TakeoverStore {
+    fn keys(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.keys()
+    }
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if key == LEASE_KEY {
+            self.reads_left.set(self.reads_left.get().saturating_sub(1));
+            if self.reads_left.get() == 0 {
+                let other = r#"{"holder":"tick-other","expires_at":"2099-01-01T00:00:00Z"}"#;
+                self.inner.set(LEASE_KEY, other.as_bytes())?;
+            }
+        }
+        self.inner.get(key)
+    }
+    fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        self.inner.get_many(keys)
+    }
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.inner.set(key, value)
+    }
+    fn set_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+        self.inner.set_many(entries)
+    }
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key)
+    }
+    fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        self.inner.delete_many(keys)
+    }
+    fn swap(&self, key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<(), StoreError> {
+        self.inner.swap(key, expected, new)
+    }
+}
+
+#[test]
+fn a_tick_whose_lease_is_taken_over_writes_no_more() {
+    let aws = FakeAws::default();
+    let store = TakeoverStore {
+        inner: many_accounts(5),
+        // The first read, before the lease exists; the read-back; the first account's
+        // fence; then the takeover.
+        reads_left: Cell::new(4),
+    };
+    let client = test_client(&aws);
+    let events = Events::default();
+    let one_at_a_time = rules(1);
+    let engine = Engine {
+        client: &client,
+        clock: &aws.clock,
+        store: &store,
+        sink: &events,
+        rules: &one_at_a_time,
+        tick: "tick-test",
+    };
+    let summary = futures::executor::block_on(engine.run_tick()).unwrap();
+    let events = events.0.into_inner();
+    assert_eq!(summary.rotated, 1);
+    assert_eq!(summary.deferred, 4);
+    assert!(events.contains(&Event::LeaseLost {
+        reason: "the lease was taken over by tick-other".into()
+    }));
+    assert_eq!(
+        aws.count_calls("PutSecretValue"),
+        3,
+        "one account's secrets only"
+    );
+    assert_eq!(
+        aws.count_calls("AssumeRole"),
+        2,
+        "nothing started once the lease was lost"
+    );
+    let kept = state(&store.inner, "t000");
+    assert!(
+        kept.accounts
+            .values()
+            .all(|a| a.incomplete && a.written_at.is_none()),
+        "a lost tick records no outcome: {kept:?}"
+    );
+    assert!(store.inner.text(LEASE_KEY).unwrap().contains("tick-other"));
+}
+
+fn test_client(aws: &FakeAws) -> AwsClient<&FakeAws> {
+    AwsClient::new(
+        aws,
+        &RotatorCredentials {
+            access_key_id: "AKIDROTATOR".into(),
+            secret_access_key: "ROTATORSECRET".into(),
+            session_token: None,
+        },
+        "us-east-1",
+        Endpoints {
+            sts: "http://sts.test".into(),
+            secrets_manager: "http://sm.test".into(),
+        },
+    )
+}
+
+fn failure(events: &[Event]) -> serde_json::Value {
+    let failed = events
+        .iter()
+        .find(|e| matches!(e, Event::AccountFailed { .. }))
+        .expect("an account failed");
+    serde_json::to_value(failed).unwrap()
+}
+
+#[test]
+fn a_failing_account_backs_off_and_says_whether_it_can_heal() {
+    let aws = FakeAws {
+        denied_roles: [role("ci")].into(),
+        ..Default::default()
+    };
+    let store = MemoryStore::default().with("team/alpha", &team("alpha", &[("dev", "ci")]));
+    let (_, events) = tick(&aws, &store);
+    let line = failure(&events);
+    assert_eq!(line["permanent"], true, "AccessDenied needs an operator");
+    assert!(
+        line.get("next_attempt").is_none(),
+        "the first retry is the next tick"
+    );
+
+    aws.clock.advance(MINUTE);
+    let (_, events) = tick(&aws, &store);
+    let next = aws.clock.now() + chrono::Duration::minutes(5);
+    assert_eq!(failure(&events)["next_attempt"], serde_json::json!(next));
+    assert_eq!(
+        state(&store, "alpha").accounts["dev"].next_attempt,
+        Some(next)
+    );
+
+    aws.calls.borrow_mut().clear();
+    aws.clock.advance(MINUTE);
+    let (summary, events) = tick(&aws, &store);
+    assert_eq!(summary.skipped, 1);
+    assert!(event_lines(&events).contains(r#""reason":"backing_off""#));
+    assert!(aws.calls.borrow().is_empty(), "backing off calls nothing");
+
+    aws.clock.advance(4 * MINUTE);
+    tick(&aws, &store);
+    assert_eq!(
+        aws.count_calls("AssumeRole"),
+        1,
+        "tried again once the wait is over"
+    );
+    let third = state(&store, "alpha").accounts["dev"].clone();
+    assert_eq!(third.consecutive_failures, 3);
+    assert_eq!(
+        third.next_attempt,
+        Some(aws.clock.now() + chrono::Duration::minutes(10))
+    );
+
+    // A changed team document starts over.
+    store
+        .set(
+            "team/alpha",
+            team("alpha", &[("dev", "ci"), ("new", "ci-new")]).as_bytes(),
+        )
+        .unwrap();
+    aws.calls.borrow_mut().clear();
+    tick(&aws, &store);
+    assert!(aws
+        .calls
+        .borrow()
+        .contains(&format!("AssumeRole {}", role("ci"))));
+}
+
+#[test]
+fn throttling_that_outlasts_the_retries_is_not_permanent() {
+    let aws = FakeAws::default();
+    aws.flaky.borrow_mut().insert(role("ci"), 10);
+    let store = MemoryStore::default().with("team/alpha", &team("alpha", &[("dev", "ci")]));
+    let (_, events) = tick(&aws, &store);
+    let line = failure(&events);
+    assert_eq!(
+        (&line["retryable"], &line["permanent"]),
+        (&true.into(), &false.into())
+    );
+}
+
+#[test]
+fn a_repair_that_keeps_failing_rewrites_the_siblings_at_most_every_ten_minutes() {
+    let aws = FakeAws {
+        failing_secrets: ["/concourse/beta/lab-session-token".to_owned()].into(),
+        ..Default::default()
+    };
+    let store = MemoryStore::default().with("team/beta", &team("beta", &[("lab", "ci")]));
+    let writes_of_access_key = || aws.count_calls("PutSecretValue /concourse/beta/lab-access-key");
+    tick(&aws, &store);
+    aws.clock.advance(MINUTE);
+    let (_, events) = tick(&aws, &store);
+    assert_eq!(rotated(&events), [], "the first repair fails too");
+    assert_eq!(
+        writes_of_access_key(),
+        2,
+        "the first write and the first repair"
+    );
+    for _ in 0..9 {
+        aws.clock.advance(MINUTE);
+        tick(&aws, &store);
+    }
+    assert_eq!(writes_of_access_key(), 2, "nothing for ten minutes");
+    aws.clock.advance(MINUTE);
+    tick(&aws, &store);
+    assert_eq!(writes_of_access_key(), 3);
+}
+
+#[test]
+fn every_write_carries_a_request_token_that_its_retries_repeat() {
+    let aws = FakeAws::default();
+    aws.flaky
+        .borrow_mut()
+        .insert("/concourse/alpha/dev-secret-key".into(), 1);
+    let store = MemoryStore::default().with("team/alpha", &team("alpha", &[("dev", "ci")]));
+    tick(&aws, &store);
+    let tokens = aws.tokens.borrow();
+    assert!(tokens.iter().all(|(_, token)| token.len() == 36));
+    let of = |name: &str| -> HashSet<String> {
+        tokens
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, t)| t.clone())
+            .collect()
+    };
+    let secret_key = of("/concourse/alpha/dev-secret-key");
+    assert_eq!(
+        secret_key.len(),
+        1,
+        "the retry and the create reuse the token"
+    );
+    assert_ne!(secret_key, of("/concourse/alpha/dev-access-key"));
+    assert!(
+        tokens.len() >= 7,
+        "put, create, and the retried put: {tokens:?}"
+    );
+}
+
+#[test]
+fn a_shared_store_keeps_what_others_wrote() {
+    let aws = FakeAws::default();
+    let foreign_state = r#"{"their":"document"}"#;
+    let store = two_teams()
+        .with("state/gone-but-not-ours", foreign_state)
+        .with("state/beta", "not json at all");
+    let (summary, events) = tick(&aws, &store);
+    assert_eq!(
+        store.text("state/gone-but-not-ours").as_deref(),
+        Some(foreign_state)
+    );
+    assert_eq!(store.text("state/beta").as_deref(), Some("not json at all"));
+    assert_eq!(summary.failed, ["beta/lab (State)"]);
+    assert!(
+        event_lines(&events).contains("key state/beta holds a value concourse-sts did not write")
+    );
+    assert_eq!(summary.rotated, 2, "the other team is not held up");
+    assert_eq!(store.text("unrelated/key").as_deref(), Some("not a team"));
+
+    let foreign_lease = MemoryStore::default()
+        .with("team/alpha", &team("alpha", &[("dev", "ci")]))
+        .with(LEASE_KEY, "someone else's");
+    let client = test_client(&aws);
+    let rules = rules(4);
+    let engine = Engine {
+        client: &client,
+        clock: &aws.clock,
+        store: &foreign_lease,
+        sink: &Events::default(),
+        rules: &rules,
+        tick: "tick-test",
+    };
+    let error = futures::executor::block_on(engine.run_tick()).unwrap_err();
+    assert!(
+        format!("{error:#}").contains("lease/rotation holds a value concourse-sts did not write")
+    );
+    assert_eq!(
+        foreign_lease.text(LEASE_KEY).as_deref(),
+        Some("someone else's")
     );
 }

@@ -1,0 +1,206 @@
+//! Turning a tick's plan and outcomes into state documents and events, in batches.
+//!
+//! Every `set` on Spin's SQLite store is a commit with fsyncs while the whole component
+//! waits, so a tick's commits must not grow with its accounts. Before any AWS call, one
+//! batch marks every due account `incomplete` (and drops removed state); outcomes then
+//! change the documents in memory, and [`Record::changed`] hands them over in one
+//! batch whenever the tick flushes. A host stopped at any point leaves every account
+//! either complete or marked for repair.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+
+use crate::aws::AwsError;
+use crate::events::Event;
+use crate::state::{AccountState, LastError, Stage, TeamState, STATE_PREFIX};
+use crate::timing::Timing;
+
+use super::execute::Outcome;
+use super::plan::{Job, Plan, RotateReason};
+
+/// The state documents of a tick, as they are to be stored.
+pub struct Record {
+    states: BTreeMap<String, TeamState>,
+    /// Whether each due account was marked incomplete before this tick marked it: an
+    /// account that ends up not written gets its mark back as it was.
+    was_incomplete: BTreeMap<(String, String), bool>,
+    changed: BTreeSet<String>,
+}
+
+/// The first batch of a tick: documents to write and keys to delete.
+#[derive(Debug, Default, PartialEq)]
+pub struct Batch {
+    pub writes: Vec<(String, Vec<u8>)>,
+    pub deletes: Vec<String>,
+}
+
+impl Record {
+    /// Applies what the plan decided before any AWS call: removed teams and accounts lose
+    /// their state, and every due account is marked incomplete.
+    pub fn begin(mut states: BTreeMap<String, TeamState>, plan: &Plan) -> (Self, Batch) {
+        let mut changed = BTreeSet::new();
+        for (team, account) in &plan.removed_accounts {
+            if let Some(state) = states.get_mut(team) {
+                state.accounts.remove(account);
+                changed.insert(team.clone());
+            }
+        }
+        let mut was_incomplete = BTreeMap::new();
+        for job in &plan.jobs {
+            let state = states.entry(job.team.clone()).or_default();
+            state.document.clone_from(&job.team_digest);
+            let account = state.accounts.entry(job.account.name.clone()).or_default();
+            was_incomplete.insert(key(job), account.incomplete);
+            account.incomplete = true;
+            changed.insert(job.team.clone());
+        }
+        let mut record = Self {
+            states,
+            was_incomplete,
+            changed,
+        };
+        let batch = Batch {
+            writes: record.changed(),
+            deletes: plan
+                .removed_teams
+                .iter()
+                .map(|team| format!("{STATE_PREFIX}{team}"))
+                .collect(),
+        };
+        record.stored();
+        (record, batch)
+    }
+
+    /// Records one account's outcome and says what became of it.
+    pub fn apply(
+        &mut self,
+        job: &Job,
+        outcome: Outcome,
+        now: DateTime<Utc>,
+        timing: &Timing,
+        fraction: f64,
+    ) -> Event {
+        let was_incomplete = self.was_incomplete.get(&key(job)).copied().unwrap_or(false);
+        self.changed.insert(job.team.clone());
+        let state = self
+            .states
+            .entry(job.team.clone())
+            .or_default()
+            .accounts
+            .entry(job.account.name.clone())
+            .or_default();
+        match outcome {
+            Outcome::Rotated {
+                expiration,
+                secrets_created,
+            } => {
+                let rotate_after = timing.rotate_after(now, expiration, fraction);
+                *state = AccountState {
+                    fingerprint: job.fingerprint.clone(),
+                    written_at: Some(now),
+                    expiration: Some(expiration),
+                    rotate_after: Some(rotate_after),
+                    ..AccountState::default()
+                };
+                Event::AccountRotated {
+                    team: job.team.clone(),
+                    account: job.account.name.clone(),
+                    role_arn: job.account.role_arn.clone(),
+                    reason: job.reason,
+                    secret_path: job.path.as_str().to_owned(),
+                    expiration,
+                    rotate_after,
+                    secrets_created,
+                }
+            }
+            Outcome::Failed {
+                stage,
+                error,
+                wrote_some,
+            } => {
+                state.incomplete = was_incomplete || stage == Stage::WriteSecrets;
+                let failure = Failure {
+                    stage,
+                    error,
+                    wrote_some,
+                    at: now,
+                };
+                failure.record(job, state, timing)
+            }
+            Outcome::Deferred | Outcome::LeaseLost(_) => {
+                state.incomplete = was_incomplete;
+                Event::AccountDeferred {
+                    team: job.team.clone(),
+                    account: job.account.name.clone(),
+                    reason: job.reason,
+                }
+            }
+        }
+    }
+
+    /// Whether anything is waiting to be stored.
+    pub fn has_changes(&self) -> bool {
+        !self.changed.is_empty()
+    }
+
+    /// The documents changed since they were last stored, for one batched write.
+    pub fn changed(&self) -> Vec<(String, Vec<u8>)> {
+        self.changed
+            .iter()
+            .filter_map(|team| {
+                let state = self.states.get(team)?;
+                Some((format!("{STATE_PREFIX}{team}"), state.to_bytes()))
+            })
+            .collect()
+    }
+
+    /// The changed documents have been stored.
+    pub fn stored(&mut self) {
+        self.changed.clear();
+    }
+}
+
+/// A failed attempt of one account.
+struct Failure {
+    stage: Stage,
+    error: AwsError,
+    wrote_some: bool,
+    at: DateTime<Utc>,
+}
+
+impl Failure {
+    /// Counts the failure, sets the account's backoff and says so.
+    fn record(self, job: &Job, state: &mut AccountState, timing: &Timing) -> Event {
+        // The first repair of a half-written triple runs at the next tick; one that fails
+        // after rewriting some secrets makes the next wait ten minutes.
+        if self.wrote_some && job.reason == RotateReason::Incomplete {
+            state.partial_write_at = Some(self.at);
+        }
+        state.consecutive_failures += 1;
+        state.next_attempt = timing.next_attempt(self.at, state.consecutive_failures);
+        let last_error = LastError {
+            at: self.at,
+            stage: self.stage,
+            code: self.error.code().map(str::to_owned),
+            message: self.error.to_string(),
+            permanent: self.error.is_permanent(),
+        };
+        state.last_error = Some(last_error.clone());
+        Event::AccountFailed {
+            team: job.team.clone(),
+            account: job.account.name.clone(),
+            role_arn: job.account.role_arn.clone(),
+            stage: self.stage,
+            code: last_error.code,
+            retryable: self.error.is_retryable(),
+            permanent: last_error.permanent,
+            next_attempt: state.next_attempt,
+            error: last_error.message,
+        }
+    }
+}
+
+fn key(job: &Job) -> (String, String) {
+    (job.team.clone(), job.account.name.clone())
+}
