@@ -32,13 +32,11 @@ use crate::tick::TickSummary;
 /// The largest request body accepted: a team document's limit.
 pub const MAX_BODY_BYTES: usize = MAX_DOCUMENT_BYTES;
 
-/// An HTTP request as the API sees it. `body` holds at most `MAX_BODY_BYTES + 1` bytes:
-/// the adapter stops reading there, and one byte more means "too large".
+/// An HTTP request as the API sees it before its body is read.
 pub struct ApiRequest<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub authorization: Option<&'a str>,
-    pub body: &'a [u8],
 }
 
 /// An answer: a status and a JSON body (none for 204).
@@ -81,10 +79,13 @@ pub trait Rotator {
     ) -> impl Future<Output = anyhow::Result<(TickSummary, Vec<Event>)>>;
 }
 
-/// Answers one request.
-pub async fn handle(
+/// Answers one request. The token is checked before `read_body` runs, so a caller
+/// without it cannot make the component read, or wait for, a body. `read_body` gives at
+/// most `MAX_BODY_BYTES + 1` bytes: one byte more than allowed means "too large".
+pub async fn handle<B: Future<Output = Vec<u8>>>(
     request: &ApiRequest<'_>,
     admin_token: Option<&str>,
+    read_body: impl FnOnce() -> B,
     store: &impl KeyValue,
     rotator: &impl Rotator,
 ) -> ApiResponse {
@@ -100,11 +101,12 @@ pub async fn handle(
     if let Err(refusal) = authorize(request.authorization, admin_token) {
         return refusal;
     }
+    let body = read_body().await;
     let result = match (segments.as_slice(), request.method) {
         (["teams"], "GET") => list_teams(store),
         (["teams", name], method) => team_name(name).and_then(|name| match method {
             "GET" => get_team(store, name),
-            "PUT" => put_team(store, name, request.body),
+            "PUT" => put_team(store, name, &body),
             "DELETE" => delete_team(store, name),
             _ => Err(not_allowed()),
         }),
@@ -137,9 +139,11 @@ fn not_allowed() -> ApiResponse {
 }
 
 /// Checks `Authorization: Bearer <admin_token>` in constant time (comparing digests, so
-/// neither the content nor the length of the token leaks through timing).
+/// neither the content nor the length of the token leaks through timing). The scheme is
+/// matched without regard to case, as HTTP says; the configured token is trimmed, as a
+/// Kubernetes Secret made from a file keeps the file's last newline.
 fn authorize(header: Option<&str>, admin_token: Option<&str>) -> Result<(), ApiResponse> {
-    let Some(expected) = admin_token.filter(|t| !t.is_empty()) else {
+    let Some(expected) = admin_token.map(str::trim).filter(|t| !t.is_empty()) else {
         return Err(ApiResponse::error(
             403,
             "admin_api_disabled",
@@ -147,7 +151,9 @@ fn authorize(header: Option<&str>, admin_token: Option<&str>) -> Result<(), ApiR
         ));
     };
     let given = header
-        .and_then(|h| h.strip_prefix("Bearer "))
+        .and_then(|h| h.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .unwrap_or_default();
     let matches: bool = Sha256::digest(given.as_bytes())
         .ct_eq(&Sha256::digest(expected.as_bytes()))

@@ -308,7 +308,7 @@ fn required(value: Option<String>, field: &str, problems: &mut Problems) -> Opti
 }
 
 /// An IAM role ARN: `arn:<partition>:iam::<12 digits>:role/<path and name>`.
-fn is_role_arn(arn: &str) -> bool {
+pub fn is_role_arn(arn: &str) -> bool {
     let fields: Vec<&str> = arn.splitn(6, ':').collect();
     let [prefix, partition, service, region, account, resource] = fields[..] else {
         return false;

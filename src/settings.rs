@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::aws::endpoints::{EndpointOverrides, Endpoints};
-use crate::aws::RotatorCredentials;
+use crate::aws::endpoints::{check_endpoint, EndpointOverrides, Endpoints};
+use crate::aws::{CredentialsSource, RotatorCredentials, RotatorIdentity};
+use crate::config::is_role_arn;
 use crate::retry::RetryPolicy;
 use crate::roles::AllowedRoles;
 use crate::template::{SecretFormat, SecretPathTemplate};
@@ -22,6 +23,10 @@ pub trait Variables {
 pub const DEFAULT_REGION: &str = "us-east-1";
 /// The most secrets one account's rotation writes (`secret_format = both`).
 const MAX_SECRETS_PER_ACCOUNT: u32 = 4;
+/// The EC2 instance metadata service, where every SDK looks for it.
+pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
+/// The longest session a role session may assume (AWS's cap on role chaining).
+const CHAINED_SESSION_LIMIT_SECONDS: u32 = 3600;
 
 /// What the operator decides about every tick.
 #[derive(Debug, Clone)]
@@ -39,6 +44,9 @@ pub struct RotationRules {
     /// How long one AWS request may take; no account starts closer than this to the
     /// end of the budget.
     pub request_timeout: Duration,
+    /// Set when the rotator is itself a role session, which AWS allows to assume roles
+    /// for an hour at most: why it is one.
+    pub role_session: Option<String>,
 }
 
 impl Default for RotationRules {
@@ -53,13 +61,22 @@ impl Default for RotationRules {
             writes_per_second: 40,
             retry: RetryPolicy::default(),
             request_timeout: Duration::from_secs(20),
+            role_session: None,
         }
     }
 }
 
 impl RotationRules {
-    /// Refuses an account whose `duration` these rules cannot serve.
+    /// Refuses an account whose `duration` these rules cannot serve: before AWS would
+    /// refuse it at 3 a.m., a session longer than the hour a role session may assume.
     pub fn check_duration(&self, duration_seconds: u32) -> Result<(), String> {
+        if let Some(why) = &self.role_session {
+            if duration_seconds > CHAINED_SESSION_LIMIT_SECONDS {
+                return Err(format!(
+                    "duration {duration_seconds}s is longer than the {CHAINED_SESSION_LIMIT_SECONDS}s AWS allows a role session to assume a role for, and the rotator is a role session ({why}); use a duration of at most {CHAINED_SESSION_LIMIT_SECONDS}s"
+                ));
+            }
+        }
         self.timing.check(duration_seconds)
     }
 
@@ -91,7 +108,7 @@ impl RotationRules {
 /// Everything a tick needs to know, validated.
 #[derive(Debug)]
 pub struct Settings {
-    pub credentials: RotatorCredentials,
+    pub identity: RotatorIdentity,
     pub region: String,
     pub endpoints: Endpoints,
     pub rules: RotationRules,
@@ -103,20 +120,79 @@ impl Settings {
         let region = read
             .optional("aws_region")?
             .unwrap_or_else(|| DEFAULT_REGION.to_owned());
+        let identity = identity(&read)?;
+        let rules = RotationRules {
+            role_session: identity.role_session(),
+            ..rules(&read)?
+        };
         Ok(Self {
-            credentials: credentials(&read)?,
+            identity,
             endpoints: endpoints(&read, &region)?,
             region,
-            rules: rules(&read)?,
+            rules,
         })
     }
 }
 
-fn credentials(read: &Reader<'_, impl Variables>) -> anyhow::Result<RotatorCredentials> {
-    Ok(RotatorCredentials {
+/// Where the rotator's credentials come from (`aws_credentials_source`); `auto` follows
+/// the SDKs' chain: static keys when `aws_access_key_id` is set, else the container
+/// endpoint when its URI is set, else IMDS.
+fn identity(read: &Reader<'_, impl Variables>) -> anyhow::Result<RotatorIdentity> {
+    let chosen = read.optional("aws_credentials_source")?;
+    let source = match chosen.as_deref().unwrap_or("auto") {
+        "static" => static_keys(read)?,
+        "imds" => imds(read)?,
+        "container" => container(read)?,
+        "auto" if read.optional("aws_access_key_id")?.is_some() => static_keys(read)?,
+        "auto"
+            if read
+                .optional("aws_container_credentials_full_uri")?
+                .is_some() =>
+        {
+            container(read)?
+        }
+        "auto" => imds(read)?,
+        other => bail!(
+            "variable aws_credentials_source must be auto, static, imds or container, got {other:?}"
+        ),
+    };
+    let role_arn = read.optional("aws_role_arn")?;
+    if let Some(arn) = role_arn.as_deref().filter(|arn| !is_role_arn(arn)) {
+        bail!("variable aws_role_arn must be an IAM role ARN such as arn:aws:iam::123456789012:role/concourse-sts, got {arn:?}");
+    }
+    Ok(RotatorIdentity { source, role_arn })
+}
+
+fn static_keys(read: &Reader<'_, impl Variables>) -> anyhow::Result<CredentialsSource> {
+    Ok(CredentialsSource::Static(RotatorCredentials {
         access_key_id: read.required("aws_access_key_id")?.into(),
         secret_access_key: read.required("aws_secret_access_key")?.into(),
         session_token: read.optional("aws_session_token")?.map(Into::into),
+    }))
+}
+
+fn imds(read: &Reader<'_, impl Variables>) -> anyhow::Result<CredentialsSource> {
+    let endpoint = read
+        .optional("aws_imds_endpoint")?
+        .unwrap_or_else(|| DEFAULT_IMDS_ENDPOINT.to_owned());
+    Ok(CredentialsSource::Imds {
+        endpoint: check_endpoint("aws_imds_endpoint", &endpoint).map_err(anyhow::Error::msg)?,
+    })
+}
+
+fn container(read: &Reader<'_, impl Variables>) -> anyhow::Result<CredentialsSource> {
+    let uri = read.required("aws_container_credentials_full_uri")?;
+    let valid = uri.parse::<http::Uri>().is_ok_and(|uri| {
+        matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some()
+    });
+    if !valid {
+        bail!("variable aws_container_credentials_full_uri must be an http:// or https:// URL such as http://169.254.170.23/v1/credentials, got {uri:?}");
+    }
+    Ok(CredentialsSource::Container {
+        uri,
+        authorization: read
+            .optional("aws_container_authorization_token")?
+            .map(Into::into),
     })
 }
 
@@ -304,7 +380,11 @@ pub(crate) mod tests {
             .rules
             .allowed_roles
             .permits("arn:aws:iam::123456789012:role/any"));
-        assert!(settings.credentials.session_token.is_none());
+        let CredentialsSource::Static(keys) = &settings.identity.source else {
+            panic!("static keys when aws_access_key_id is set");
+        };
+        assert!(keys.session_token.is_none());
+        assert_eq!(settings.rules.role_session, None);
     }
 
     #[test]
@@ -326,7 +406,10 @@ pub(crate) mod tests {
         .unwrap();
         assert_eq!(settings.region, "eu-central-1");
         assert_eq!(settings.endpoints.secrets_manager, "http://127.0.0.1:5000");
-        assert!(settings.credentials.session_token.is_some());
+        let CredentialsSource::Static(keys) = &settings.identity.source else {
+            panic!("static keys");
+        };
+        assert!(keys.session_token.is_some());
         let rules = &settings.rules;
         assert_eq!(rules.template.render("t", "a").unwrap().as_str(), "/ci/t/a");
         assert_eq!(rules.max_concurrency, 4);
@@ -368,11 +451,93 @@ pub(crate) mod tests {
                 "secretsmanager_writes_per_second",
             ),
             (("secret_format", "xml"), "secret_format"),
+            (
+                ("aws_credentials_source", "vault"),
+                "aws_credentials_source",
+            ),
+            (("aws_role_arn", "arn:aws:iam::1:user/x"), "aws_role_arn"),
         ] {
             let error = format!("{:#}", with(&[pair]).unwrap_err());
             assert!(error.contains(expected), "{error}");
             assert!(!error.contains("SECRET"), "{error}");
         }
+    }
+
+    fn source(pairs: &[(&str, &str)]) -> String {
+        let settings = Settings::from_variables(&FakeVariables::new(pairs)).unwrap();
+        match settings.identity.source {
+            CredentialsSource::Static(_) => "static".to_owned(),
+            CredentialsSource::Imds { endpoint } => format!("imds {endpoint}"),
+            CredentialsSource::Container { uri, authorization } => {
+                format!("container {uri} {}", authorization.is_some())
+            }
+        }
+    }
+
+    #[test]
+    fn auto_follows_the_sdks_chain() {
+        let uri = (
+            "aws_container_credentials_full_uri",
+            "http://169.254.170.23/v1/credentials",
+        );
+        let token = ("aws_container_authorization_token", "pod-token");
+        assert_eq!(source(&[KEYS[0], KEYS[1], uri]), "static");
+        assert_eq!(
+            source(&[uri, token]),
+            "container http://169.254.170.23/v1/credentials true"
+        );
+        assert_eq!(source(&[]), "imds http://169.254.169.254");
+        assert_eq!(
+            source(&[
+                ("aws_credentials_source", "imds"),
+                ("aws_imds_endpoint", "http://127.0.0.1:8111/"),
+                KEYS[0],
+                KEYS[1]
+            ]),
+            "imds http://127.0.0.1:8111"
+        );
+        let error =
+            Settings::from_variables(&FakeVariables::new(&[("aws_credentials_source", "static")]))
+                .unwrap_err()
+                .to_string();
+        assert_eq!(error, "variable aws_access_key_id is required but not set");
+        let error = Settings::from_variables(&FakeVariables::new(&[(
+            "aws_credentials_source",
+            "container",
+        )]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("aws_container_credentials_full_uri"),
+            "{error}"
+        );
+        let error = Settings::from_variables(&FakeVariables::new(&[(
+            "aws_imds_endpoint",
+            "169.254.169.254",
+        )]))
+        .unwrap_err()
+        .to_string();
+        assert!(error.starts_with("aws_imds_endpoint"), "{error}");
+    }
+
+    #[test]
+    fn a_role_session_rotator_refuses_durations_over_an_hour() {
+        let imds = Settings::from_variables(&FakeVariables::new(&[])).unwrap();
+        let error = imds.rules.check_duration(7200).unwrap_err();
+        assert!(error.contains("at most 3600s"), "{error}");
+        assert!(error.contains("IMDS at http://169.254.169.254"), "{error}");
+        assert!(imds.rules.check_duration(3600).is_ok());
+        let chained = with(&[("aws_role_arn", "arn:aws:iam::123456789012:role/rotator")]).unwrap();
+        assert!(chained
+            .rules
+            .check_duration(7200)
+            .unwrap_err()
+            .contains("aws_role_arn is set"));
+        let keys = with(&[]).unwrap();
+        assert!(
+            keys.rules.check_duration(43200).is_ok(),
+            "static keys are not capped"
+        );
     }
 
     #[test]

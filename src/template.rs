@@ -117,6 +117,15 @@ fn check_shape(parts: &[Part]) -> Result<(), String> {
     let [team] = teams[..] else {
         return Err("{{.Team}} must appear exactly once".to_owned());
     };
+    // Concourse looks a secret up under `<prefix>/<team>/<pipeline>/...`: a placeholder
+    // in front of the team would let team `evil` with an account named `victim` write
+    // into team victim's lookup path (for a pipeline named `evil`).
+    if positions(parts, &Part::Account).iter().any(|&i| i < team) {
+        return Err(
+            "{{.Account}} must not come before {{.Team}}: the team's segment has to be the first one a team name can fill, or one team could write into another's lookup path"
+                .to_owned(),
+        );
+    }
     let literal_ends_with_slash =
         |part: Option<&Part>| matches!(part, Some(Part::Literal(text)) if text.ends_with('/'));
     let literal_starts_with_slash =
@@ -225,6 +234,18 @@ impl SecretPath {
         SECRET_SUFFIXES.map(|suffix| format!("{}{suffix}", self.0))
     }
 
+    /// Every secret name `format` writes for this path.
+    pub fn names(&self, format: SecretFormat) -> Vec<String> {
+        let mut names = Vec::new();
+        if format.split() {
+            names.extend(self.secret_names());
+        }
+        if format.json() {
+            names.push(self.0.clone());
+        }
+        names
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -289,12 +310,28 @@ mod tests {
             "/concourse/{{.Account}}/{{.Team}}/",
             "/concourse/{{.Team}}/{{.Team}}/{{.Account}}",
             "/concourse/{{.Team}}/static",
+            "/concourse/{{.Account}}/{{.Team}}/{{.Account}}",
+            "/{{.Account}}x/{{.Team}}/{{.Account}}",
         ] {
             assert!(
                 template.parse::<SecretPathTemplate>().is_err(),
                 "{template}"
             );
         }
+    }
+
+    #[test]
+    fn no_placeholder_may_come_before_the_team() {
+        let error = reason("/concourse/{{.Account}}/{{.Team}}/{{.Account}}");
+        assert!(error.contains("must not come before {{.Team}}"), "{error}");
+    }
+
+    #[test]
+    fn names_follow_the_format() {
+        let path = SecretPathTemplate::default().render("t", "a").unwrap();
+        assert_eq!(path.names(SecretFormat::Split), path.secret_names());
+        assert_eq!(path.names(SecretFormat::Json), ["/concourse/t/a"]);
+        assert_eq!(path.names(SecretFormat::Both).len(), 4);
     }
 
     #[test]

@@ -88,26 +88,35 @@ proptest! {
         }
     }
 
-    /// Two different teams never render to the same path, nor one under the other's
-    /// `<prefix>/<team>/`, whatever accepted template is used.
+    /// Two different teams never render to the same path, and every accepted template
+    /// renders a team's paths inside its own lookup path: the literal text before
+    /// `{{.Team}}`, then the team's name, then `/`. Templates that put a placeholder
+    /// before the team (which would let team `evil` write `/concourse/victim/evil/...`,
+    /// team victim's path for a pipeline named `evil`) are generated too, and refused.
     #[test]
     fn no_template_mixes_teams(
         template in prop_oneof![
             Just("/concourse/{{.Team}}/{{.Account}}".to_owned()),
             "/[a-z]{1,5}/\\{\\{\\.Team\\}\\}/[a-z-]{0,4}\\{\\{\\.Account\\}\\}[a-z-]{0,4}",
+            "/[a-z]{1,5}/\\{\\{\\.Account\\}\\}[a-z-]{0,3}/\\{\\{\\.Team\\}\\}/\\{\\{\\.Account\\}\\}",
             "[a-z/{}.TeamAccount]{0,40}",
         ],
         teams in (valid_name(), valid_name()),
         accounts in (valid_name(), valid_name()),
     ) {
-        let Ok(template) = template.parse::<SecretPathTemplate>() else { return Ok(()); };
+        let parsed = template.parse::<SecretPathTemplate>();
+        let team_at = template.find("{{.Team}}");
+        let account_first = template.find("{{.Account}}").is_some_and(|a| team_at.is_some_and(|t| a < t));
+        prop_assert!(!(account_first && parsed.is_ok()), "accepted {}", template);
+        let Ok(template_parsed) = parsed else { return Ok(()); };
+        let prefix = &template[..team_at.unwrap()];
         let (t1, t2) = teams;
         prop_assume!(t1 != t2);
-        let first = template.render(&t1, &accounts.0).unwrap();
-        let second = template.render(&t2, &accounts.1).unwrap();
+        let first = template_parsed.render(&t1, &accounts.0).unwrap();
+        let second = template_parsed.render(&t2, &accounts.1).unwrap();
         prop_assert_ne!(first.as_str(), second.as_str());
-        let team_dir = format!("/{t1}/");
-        let owned_prefix = &first.as_str()[..first.as_str().find(&team_dir).unwrap() + team_dir.len()];
-        prop_assert!(!second.as_str().starts_with(owned_prefix));
+        let owned = format!("{prefix}{t1}/");
+        prop_assert!(first.as_str().starts_with(&owned));
+        prop_assert!(!second.as_str().starts_with(&owned));
     }
 }

@@ -67,9 +67,9 @@ fn call_with(
         method,
         path,
         authorization,
-        body: body.as_bytes(),
     };
-    futures::executor::block_on(handle(&request, token, store, rotator))
+    let read_body = || async { body.as_bytes().to_vec() };
+    futures::executor::block_on(handle(&request, token, read_body, store, rotator))
 }
 
 fn code(response: &ApiResponse) -> &str {
@@ -140,6 +140,65 @@ fn a_missing_or_wrong_token_is_unauthorized() {
             "the token is never echoed"
         );
     }
+}
+
+#[test]
+fn the_scheme_is_any_case_and_the_configured_token_is_trimmed() {
+    let store = MemoryStore::default();
+    for (configured, header) in [
+        (TOKEN.to_owned(), format!("bearer {TOKEN}")),
+        (TOKEN.to_owned(), format!("BEARER  {TOKEN} ")),
+        (format!("{TOKEN}\n"), format!("Bearer {TOKEN}")),
+        (format!("  {TOKEN}\r\n"), format!("Bearer {TOKEN}")),
+    ] {
+        let response = call_with(
+            &store,
+            &FakeRotator::default(),
+            Some(&configured),
+            "GET",
+            "/teams",
+            "",
+            Some(&header),
+        );
+        assert_eq!(response.status, 200, "{configured:?} / {header:?}");
+    }
+    let blank = call_with(
+        &store,
+        &FakeRotator::default(),
+        Some(" \n"),
+        "GET",
+        "/teams",
+        "",
+        Some("Bearer "),
+    );
+    assert_eq!(blank.status, 403, "a blank token turns the API off");
+}
+
+#[test]
+fn the_body_is_not_read_before_the_token_is_checked() {
+    let store = MemoryStore::default();
+    let read = std::cell::Cell::new(false);
+    let request = ApiRequest {
+        method: "PUT",
+        path: "/teams/alpha",
+        authorization: Some("Bearer wrong"),
+    };
+    let read_body = || async {
+        read.set(true);
+        TEAM.as_bytes().to_vec()
+    };
+    let response = futures::executor::block_on(handle(
+        &request,
+        Some(TOKEN),
+        read_body,
+        &store,
+        &FakeRotator::default(),
+    ));
+    assert_eq!(response.status, 401);
+    assert!(
+        !read.get(),
+        "the body was read for a caller without the token"
+    );
 }
 
 #[test]
@@ -360,8 +419,8 @@ proptest::proptest! {
     ) {
         let store = MemoryStore::default().with("team/alpha", TEAM);
         let rotator = FakeRotator::default();
-        let request = ApiRequest { method: &method, path: &path, authorization: authorization.as_deref(), body: &body };
-        let response = futures::executor::block_on(handle(&request, Some(TOKEN), &store, &rotator));
+        let request = ApiRequest { method: &method, path: &path, authorization: authorization.as_deref() };
+        let response = futures::executor::block_on(handle(&request, Some(TOKEN), || async { body.clone() }, &store, &rotator));
         if response.status >= 400 {
             let body = response.body.unwrap();
             proptest::prop_assert!(body["error"]["code"].is_string() && body["error"]["message"].is_string());

@@ -64,6 +64,15 @@ impl AssumedCredentials {
 }
 
 impl AssumedCredentials {
+    /// These credentials as the rotator's own, when it rotates as a role it assumed.
+    pub fn to_rotator_credentials(&self) -> RotatorCredentials {
+        RotatorCredentials {
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+            session_token: Some(self.session_token.clone()),
+        }
+    }
+
     /// The single-secret layout: one JSON object, so a reader can never see a mix.
     pub fn json_document(&self) -> SecretString {
         let [access_key_id, secret_access_key, session_token] = self.secret_values();

@@ -56,7 +56,7 @@ impl Endpoints {
 }
 
 /// An endpoint is `http(s)://host[:port]`, with nothing after it but an optional `/`.
-fn check_endpoint(variable: &str, url: &str) -> Result<String, String> {
+pub fn check_endpoint(variable: &str, url: &str) -> Result<String, String> {
     let trimmed = url.trim_end_matches('/');
     let uri: http::Uri = trimmed
         .parse()

@@ -1,6 +1,7 @@
 //! What can go wrong talking to AWS, typed so that callers can branch on it: retry or
 //! not, heal by itself or not, secret missing or some other failure.
 
+use super::identity::IdentityError;
 use super::transport::{HttpResponse, TransportError};
 
 /// A failed AWS call.
@@ -24,6 +25,10 @@ pub enum AwsError {
     /// The request could not be signed or built; retrying cannot help.
     #[error("request could not be built: {0}")]
     Request(String),
+    /// The rotator's own credentials could not be had (IMDS, container endpoint, or
+    /// `aws_role_arn`); the next tick asks again.
+    #[error("{0}")]
+    Credentials(IdentityError),
 }
 
 fn request_id_note(request_id: Option<&str>) -> String {
@@ -67,7 +72,7 @@ impl AwsError {
                 *status >= 500 || *status == 429 || THROTTLING_CODES.contains(&code.as_str())
             }
             AwsError::Malformed { status, .. } => *status >= 500 || *status == 429,
-            AwsError::Request(_) => false,
+            AwsError::Request(_) | AwsError::Credentials(_) => false,
         }
     }
 
@@ -77,7 +82,7 @@ impl AwsError {
         match self {
             AwsError::Transport(error) => !error.is_retryable(),
             AwsError::Service { code, .. } => PERMANENT_CODES.contains(&code.as_str()),
-            AwsError::Malformed { .. } => false,
+            AwsError::Malformed { .. } | AwsError::Credentials(_) => false,
             AwsError::Request(_) => true,
         }
     }
@@ -87,6 +92,21 @@ impl AwsError {
         match self {
             AwsError::Service { code, .. } => Some(code),
             _ => None,
+        }
+    }
+
+    /// Whether AWS refused the request because the signing clock is off: a request time
+    /// too far from AWS's own, or a signature expired for that reason.
+    pub fn is_clock_skew(&self) -> bool {
+        match self {
+            AwsError::Service { code, message, .. } => {
+                code == "RequestTimeTooSkewed"
+                    || (matches!(
+                        code.as_str(),
+                        "SignatureDoesNotMatch" | "InvalidSignatureException"
+                    ) && message.contains("Signature expired"))
+            }
+            _ => false,
         }
     }
 
@@ -140,13 +160,54 @@ impl AwsError {
                 detail: change(detail),
             },
             AwsError::Request(text) => AwsError::Request(change(text)),
+            AwsError::Credentials(IdentityError { origin, reason }) => {
+                AwsError::Credentials(IdentityError {
+                    origin,
+                    reason: change(reason),
+                })
+            }
         }
     }
 }
 
-/// Reads an XML error document: AWS's `ErrorResponse/Error/{Code,Message}`, and the
-/// `ErrorResponse/Errors/Error` shape moto uses for authorization failures of every service.
-pub(crate) fn parse_xml_error(response: &HttpResponse) -> Option<AwsError> {
+/// Reads an AWS error answer into a typed error: the JSON 1.1 shape (`__type`, which may
+/// carry a `prefix#`, and `message`/`Message`), or the query protocol's XML
+/// `ErrorResponse/Error/{Code,Message}` (also the shape moto uses for authorization
+/// failures of every service). Anything else is `Malformed`, quoting the start of the
+/// body; `service` names what was expected there.
+pub(crate) fn parse_error_answer(response: &HttpResponse, service: &str) -> AwsError {
+    json_error(response)
+        .or_else(|| xml_error(response))
+        .unwrap_or_else(|| AwsError::Malformed {
+            status: response.status,
+            detail: format!(
+                "not {service} error document: {:?}",
+                truncate(&String::from_utf8_lossy(&response.body), 200)
+            ),
+        })
+}
+
+#[derive(serde::Deserialize)]
+struct JsonError {
+    #[serde(rename = "__type", default)]
+    kind: String,
+    #[serde(alias = "Message", default)]
+    message: String,
+}
+
+fn json_error(response: &HttpResponse) -> Option<AwsError> {
+    let error = serde_json::from_slice::<JsonError>(&response.body)
+        .ok()
+        .filter(|error| !error.kind.is_empty())?;
+    Some(AwsError::Service {
+        status: response.status,
+        code: truncate(error.kind.rsplit('#').next().unwrap_or_default(), 100),
+        message: truncate(&error.message, 500),
+        request_id: request_id(response),
+    })
+}
+
+fn xml_error(response: &HttpResponse) -> Option<AwsError> {
     let body = String::from_utf8_lossy(&response.body);
     let mut error = super::xml::child_texts(&body, "Error")?;
     let code = error
@@ -161,7 +222,7 @@ pub(crate) fn parse_xml_error(response: &HttpResponse) -> Option<AwsError> {
 }
 
 /// The request id AWS sends with every answer, in either protocol's header spelling.
-pub(crate) fn request_id(response: &HttpResponse) -> Option<String> {
+fn request_id(response: &HttpResponse) -> Option<String> {
     ["x-amzn-requestid", "x-amz-request-id"]
         .iter()
         .find_map(|name| response.header(name))
@@ -242,7 +303,7 @@ mod tests {
         answer
             .headers
             .insert("x-amzn-RequestId", "c6104cbe-af31".parse().unwrap());
-        let error = parse_xml_error(&answer).unwrap();
+        let error = parse_error_answer(&answer, "an STS");
         assert_eq!(
             error.to_string(),
             "AccessDenied (HTTP 403): no (request id c6104cbe-af31)"

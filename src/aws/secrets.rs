@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 
-use super::error::{parse_xml_error, request_id, truncate};
+use super::error::parse_error_answer;
 use super::{AssumedCredentials, AwsError, HttpResponse};
 
 /// The media type of the JSON 1.1 protocol.
@@ -113,14 +113,6 @@ fn to_json(value: &impl Serialize) -> Vec<u8> {
     serde_json::to_vec(value).expect("string fields always serialize")
 }
 
-#[derive(Deserialize)]
-struct JsonError {
-    #[serde(rename = "__type", default)]
-    kind: String,
-    #[serde(alias = "Message", default)]
-    message: String,
-}
-
 /// What a successful write answers; its `ARN` is what proves the write landed.
 #[derive(Deserialize)]
 struct WriteAnswer {
@@ -142,25 +134,7 @@ pub fn check_write(response: &HttpResponse) -> Result<(), AwsError> {
             }),
         };
     }
-    let parsed = serde_json::from_slice::<JsonError>(&response.body)
-        .ok()
-        .filter(|error| !error.kind.is_empty());
-    Err(match parsed {
-        Some(error) => AwsError::Service {
-            status: response.status,
-            code: truncate(error.kind.rsplit('#').next().unwrap_or_default(), 100),
-            message: truncate(&error.message, 500),
-            request_id: request_id(response),
-        },
-        // Authorization failures can come back in the XML shape (moto does this).
-        None => parse_xml_error(response).unwrap_or_else(|| AwsError::Malformed {
-            status: response.status,
-            detail: format!(
-                "not a Secrets Manager error document: {:?}",
-                truncate(&String::from_utf8_lossy(&response.body), 200)
-            ),
-        }),
-    })
+    Err(parse_error_answer(response, "a Secrets Manager"))
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::error::{parse_xml_error, truncate};
+use super::error::parse_error_answer;
 use super::xml::child_texts;
 use super::{AssumedCredentials, AwsError, HttpResponse};
 
@@ -38,7 +38,7 @@ pub const CONTENT_TYPE: &str = "application/x-www-form-urlencoded; charset=utf-8
 /// Reads an `AssumeRole` answer: credentials on 200, a typed error otherwise.
 pub fn parse_assume_role(response: &HttpResponse) -> Result<AssumedCredentials, AwsError> {
     if response.status != 200 {
-        return Err(parse_error(response));
+        return Err(parse_error_answer(response, "an STS"));
     }
     let body = String::from_utf8_lossy(&response.body);
     // Nothing of the body goes into the error: on a 200 it holds credentials.
@@ -70,17 +70,6 @@ pub fn parse_assume_role(response: &HttpResponse) -> Result<AssumedCredentials, 
         secret_access_key: secret_access_key.trim().to_owned().into(),
         session_token: session_token.trim().to_owned().into(),
         expiration,
-    })
-}
-
-/// Reads STS's `ErrorResponse/Error/{Code,Message}`, falling back to the raw body's start.
-fn parse_error(response: &HttpResponse) -> AwsError {
-    parse_xml_error(response).unwrap_or_else(|| AwsError::Malformed {
-        status: response.status,
-        detail: format!(
-            "not an STS error document: {:?}",
-            truncate(&String::from_utf8_lossy(&response.body), 200)
-        ),
     })
 }
 

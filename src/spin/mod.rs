@@ -64,7 +64,7 @@ async fn rotate(log: &StdoutLog, team: Option<&str>) -> anyhow::Result<TickSumma
     };
     let client = AwsClient::new(
         transport,
-        &settings.credentials,
+        settings.identity,
         &settings.region,
         settings.endpoints,
     );
@@ -94,17 +94,16 @@ async fn admin_api(request: IncomingRequest) -> Response {
         .into_iter()
         .next()
         .and_then(|value| String::from_utf8(value).ok());
-    let body = read_body(request).await;
     let token = SpinVariables.get("admin_token").ok().flatten();
+    let head = ApiRequest {
+        method: &method,
+        path: &path,
+        authorization: authorization.as_deref(),
+    };
     let answer = match SpinStore::open() {
         Ok(store) => {
-            let api_request = ApiRequest {
-                method: &method,
-                path: &path,
-                authorization: authorization.as_deref(),
-                body: &body,
-            };
-            api::handle(&api_request, token.as_deref(), &store, &SpinRotator).await
+            let body = || read_body(request);
+            api::handle(&head, token.as_deref(), body, &store, &SpinRotator).await
         }
         Err(error) => api::store_failed(error),
     };

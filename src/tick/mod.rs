@@ -128,6 +128,9 @@ impl<T: Transport, C: Clock, K: KeyValue> Engine<'_, T, C, K> {
             self.finish(&mut summary, started);
             return Ok(summary);
         }
+        // The rotator's own credentials first: without them nothing can be done, and a
+        // failure to get them is the tick's, before any AWS call or lease.
+        self.client.prepare().await?;
         let ttl = self.rules.lease_ttl();
         let lease = match Lease::acquire(self.store, self.clock, self.tick, ttl)? {
             Acquired::Held(lease) => lease,

@@ -10,7 +10,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::clock::chrono_duration;
-use crate::config::AccountConfig;
+use std::collections::BTreeMap;
+
+use crate::config::{AccountConfig, Problem, TEAM_KEY_PREFIX};
 use crate::events::Event;
 use crate::settings::RotationRules;
 use crate::state::{fingerprint, AccountState, Stage, STATE_PREFIX};
@@ -162,6 +164,17 @@ fn plan_team(
             });
         }
     }
+    let collisions = colliding_names(team, rules);
+    if !collisions.is_empty() {
+        let key = format!("{TEAM_KEY_PREFIX}{name}");
+        plan.invalid_teams.push(key.clone());
+        plan.events.push(Event::TeamInvalid {
+            team: name.clone(),
+            key,
+            problems: collisions,
+        });
+        return;
+    }
     let reset_backoff = state.is_some_and(|s| s.document != team.digest);
     for account in &team.document.accounts {
         let current = state.and_then(|s| s.accounts.get(&account.name));
@@ -175,6 +188,31 @@ fn plan_team(
             Err(event) => plan.events.push(*event),
         }
     }
+}
+
+/// Accounts whose secrets would have the same name as another account's, which can
+/// happen with `secret_format = both` (account `a`'s access key secret is account
+/// `a-access-key`'s JSON secret): every such account is a problem of the team.
+fn colliding_names(team: &LoadedTeam, rules: &RotationRules) -> Vec<Problem> {
+    let mut owners: BTreeMap<String, &str> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (i, account) in team.document.accounts.iter().enumerate() {
+        let Ok(path) = rules.template.render(&team.document.name, &account.name) else {
+            continue;
+        };
+        for secret in path.names(rules.secret_format) {
+            if let Some(owner) = owners.insert(secret.clone(), &account.name) {
+                problems.push(Problem {
+                    field: format!("accounts[{i}].name"),
+                    reason: format!(
+                        "with secret_format {}, its secret {secret} is also a secret of account {owner:?}; rename one of them",
+                        rules.secret_format.as_str()
+                    ),
+                });
+            }
+        }
+    }
+    problems
 }
 
 /// A job for one account, or the event that says why not.

@@ -2,7 +2,9 @@
 //! the runtime.
 
 use super::*;
-use crate::aws::{Endpoints, HttpResponse, RotatorCredentials, TransportError};
+use crate::aws::{
+    CredentialsSource, Endpoints, HttpResponse, RotatorCredentials, RotatorIdentity, TransportError,
+};
 use crate::clock::tests::ManualClock;
 use crate::lease::LEASE_KEY;
 use crate::roles::AllowedRoles;
@@ -87,6 +89,10 @@ impl FakeAws {
             request.body().len().to_string(),
             "content-length must match"
         );
+        if request.uri().path().starts_with("/latest/") {
+            self.calls.borrow_mut().push("IMDS".into());
+            return reply(500, "metadata unavailable");
+        }
         assert!(request.headers().contains_key("authorization"));
         match request.headers().get("x-amz-target") {
             Some(target) => self.secrets_manager(target.to_str().unwrap(), request.body()),
@@ -1128,13 +1134,22 @@ fn a_tick_whose_lease_is_taken_over_writes_no_more() {
 }
 
 fn test_client(aws: &FakeAws) -> AwsClient<&FakeAws> {
+    let keys = CredentialsSource::Static(RotatorCredentials {
+        access_key_id: "AKIDROTATOR".into(),
+        secret_access_key: "ROTATORSECRET".into(),
+        session_token: None,
+    });
+    client_as(aws, keys)
+}
+
+fn client_as(aws: &FakeAws, source: CredentialsSource) -> AwsClient<&FakeAws> {
+    let identity = RotatorIdentity {
+        source,
+        role_arn: None,
+    };
     AwsClient::new(
         aws,
-        &RotatorCredentials {
-            access_key_id: "AKIDROTATOR".into(),
-            secret_access_key: "ROTATORSECRET".into(),
-            session_token: None,
-        },
+        identity,
         "us-east-1",
         Endpoints {
             sts: "http://sts.test".into(),
@@ -1322,4 +1337,63 @@ fn a_shared_store_keeps_what_others_wrote() {
         foreign_lease.text(LEASE_KEY).as_deref(),
         Some("someone else's")
     );
+}
+
+#[test]
+fn accounts_whose_secrets_would_collide_make_their_team_invalid() {
+    let aws = FakeAws::default();
+    let store = MemoryStore::default()
+        .with(
+            "team/alpha",
+            &team("alpha", &[("a", "ci"), ("a-access-key", "ci")]),
+        )
+        .with("team/beta", &team("beta", &[("lab", "ci")]));
+    let both = RotationRules {
+        secret_format: SecretFormat::Both,
+        ..rules(4)
+    };
+    let (summary, events) = tick_with(&aws, &store, &both);
+    assert_eq!(summary.invalid_teams, ["team/alpha"]);
+    assert_eq!(summary.rotated, 1, "the other team goes on");
+    assert!(event_lines(&events).contains(
+        r#""field":"accounts[1].name","reason":"with secret_format both, its secret /concourse/alpha/a-access-key is also a secret of account \"a\"; rename one of them""#
+    ), "{}", event_lines(&events));
+    assert!(
+        !aws.calls.borrow().iter().any(|c| c.contains("alpha")),
+        "nothing of alpha written"
+    );
+    let fresh = MemoryStore::default().with(
+        "team/alpha",
+        &team("alpha", &[("a", "ci"), ("a-access-key", "ci")]),
+    );
+    let (summary, _) = tick_with(&FakeAws::default(), &fresh, &rules(4));
+    assert_eq!(summary.rotated, 2, "with one format the names are distinct");
+}
+
+#[test]
+fn without_the_rotators_credentials_the_tick_fails_before_any_aws_call() {
+    let aws = FakeAws::default();
+    let store = two_teams();
+    let client = client_as(
+        &aws,
+        CredentialsSource::Imds {
+            endpoint: "http://imds.test".into(),
+        },
+    );
+    let rules = rules(4);
+    let engine = Engine {
+        client: &client,
+        clock: &aws.clock,
+        store: &store,
+        sink: &Events::default(),
+        rules: &rules,
+        tick: "tick-test",
+    };
+    let error = futures::executor::block_on(engine.run_tick()).unwrap_err();
+    assert_eq!(
+        format!("{error:#}"),
+        "getting the rotator's credentials from IMDS at http://imds.test: asking for the session token: HTTP 500"
+    );
+    assert_eq!(aws.calls.borrow().as_slice(), ["IMDS"], "no AWS call");
+    assert!(store.text(LEASE_KEY).is_none(), "no lease taken");
 }
