@@ -9,6 +9,7 @@ pub mod endpoints;
 pub mod error;
 pub mod secrets;
 pub mod signing;
+pub mod ssm;
 pub mod sts;
 pub mod transport;
 mod xml;
