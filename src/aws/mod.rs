@@ -10,6 +10,7 @@ pub mod error;
 pub mod identity;
 pub mod secrets;
 pub mod signing;
+pub mod ssm;
 pub mod sts;
 pub mod transport;
 mod xml;
