@@ -7,11 +7,12 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use crate::aws::endpoints::{check_endpoint, EndpointOverrides, Endpoints};
+use crate::aws::ssm;
 use crate::aws::{CredentialsSource, RotatorCredentials, RotatorIdentity};
 use crate::config::is_role_arn;
 use crate::retry::RetryPolicy;
 use crate::roles::AllowedRoles;
-use crate::template::{SecretFormat, SecretPathTemplate};
+use crate::template::{SecretFormat, SecretPathTemplate, SecretSink};
 use crate::timing::Timing;
 
 /// Reads one application variable; `None` (or an empty string) means unset.
@@ -38,8 +39,14 @@ pub struct RotationRules {
     pub timing: Timing,
     /// The whole tick, retries included, fits in this; the rest waits for the next tick.
     pub tick_budget: Duration,
+    /// Where the credentials go: Secrets Manager, Parameter Store, or both.
+    pub sink: SecretSink,
     /// Secrets Manager writes started per second at most; 0 lifts the limit.
     pub writes_per_second: u32,
+    /// Parameter Store writes started per second at most; 0 lifts the limit.
+    pub ssm_writes_per_second: u32,
+    /// `ssm_kms_key_id`: the customer key parameters are encrypted under.
+    pub ssm_key_id: Option<String>,
     pub retry: RetryPolicy,
     /// How long one AWS request may take; no account starts closer than this to the
     /// end of the budget.
@@ -58,7 +65,10 @@ impl Default for RotationRules {
             max_concurrency: 32,
             timing: Timing::default(),
             tick_budget: Duration::from_secs(180),
+            sink: SecretSink::default(),
             writes_per_second: 40,
+            ssm_writes_per_second: ssm::DEFAULT_WRITES_PER_SECOND,
+            ssm_key_id: None,
             retry: RetryPolicy::default(),
             request_timeout: Duration::from_secs(20),
             role_session: None,
@@ -81,16 +91,25 @@ impl RotationRules {
     }
 
     /// The longest one account's writes can take once started: every attempt waiting
-    /// for its turn behind the other running accounts' writes, then timing out, with the
-    /// backoff between attempts.
+    /// for its turn behind the other running accounts' writes (at the slower sink's
+    /// pace), then timing out, with the backoff between attempts.
     pub fn writing_window(&self) -> Duration {
-        let queued = match self.writes_per_second {
+        let queue = |rate: u32| match rate {
             0 => Duration::ZERO,
             rate => {
                 Duration::from_secs(1) * (self.max_concurrency as u32 * MAX_SECRETS_PER_ACCOUNT)
                     / rate
             }
         };
+        let queued = [
+            (self.sink.secrets_manager(), self.writes_per_second),
+            (self.sink.ssm(), self.ssm_writes_per_second),
+        ]
+        .into_iter()
+        .filter(|(used, _)| *used)
+        .map(|(_, rate)| queue(rate))
+        .max()
+        .unwrap_or_default();
         let attempts = self.retry.max_attempts;
         let backoff: Duration = (1..attempts)
             .map(|attempt| self.retry.backoff(attempt, 1.0))
@@ -197,15 +216,17 @@ fn container(read: &Reader<'_, impl Variables>) -> anyhow::Result<CredentialsSou
 }
 
 fn endpoints(read: &Reader<'_, impl Variables>, region: &str) -> anyhow::Result<Endpoints> {
-    let (aws, sts, secrets_manager) = (
+    let (aws, sts, secrets_manager, ssm) = (
         read.optional("aws_endpoint_url")?,
         read.optional("sts_endpoint_url")?,
         read.optional("secretsmanager_endpoint_url")?,
+        read.optional("ssm_endpoint_url")?,
     );
     let overrides = EndpointOverrides {
         aws: aws.as_deref(),
         sts: sts.as_deref(),
         secrets_manager: secrets_manager.as_deref(),
+        ssm: ssm.as_deref(),
     };
     Endpoints::resolve(region, &overrides).map_err(anyhow::Error::msg)
 }
@@ -214,10 +235,15 @@ fn rules(read: &Reader<'_, impl Variables>) -> anyhow::Result<RotationRules> {
     let defaults = RotationRules::default();
     let minutes = |m: u64| Duration::from_secs(m * 60);
     let seconds = Duration::from_secs;
+    let sink = read.parsed("secret_sink")?.unwrap_or(defaults.sink);
+    let template: SecretPathTemplate = read
+        .parsed("secret_path_template")?
+        .unwrap_or(defaults.template);
+    if let Some(problem) = template.parameter_store_problem().filter(|_| sink.ssm()) {
+        bail!(problem);
+    }
     Ok(RotationRules {
-        template: read
-            .parsed("secret_path_template")?
-            .unwrap_or(defaults.template),
+        template,
         secret_format: read
             .parsed("secret_format")?
             .unwrap_or(defaults.secret_format),
@@ -243,11 +269,18 @@ fn rules(read: &Reader<'_, impl Variables>) -> anyhow::Result<RotationRules> {
             seconds(30)..=minutes(60),
             defaults.tick_budget,
         )?,
+        sink,
         writes_per_second: read.number(
             "secretsmanager_writes_per_second",
             0..=50,
             defaults.writes_per_second.into(),
         )? as u32,
+        ssm_writes_per_second: read.number(
+            "ssm_writes_per_second",
+            0..=100,
+            defaults.ssm_writes_per_second.into(),
+        )? as u32,
+        ssm_key_id: ssm_key_id(read)?,
         request_timeout: read.duration(
             "request_timeout",
             seconds(1)..=seconds(60),
@@ -255,6 +288,14 @@ fn rules(read: &Reader<'_, impl Variables>) -> anyhow::Result<RotationRules> {
         )?,
         ..defaults
     })
+}
+
+fn ssm_key_id(read: &Reader<'_, impl Variables>) -> anyhow::Result<Option<String>> {
+    let key_id = read.optional("ssm_kms_key_id")?;
+    if let Some(problem) = key_id.as_deref().and_then(ssm::key_id_problem) {
+        bail!("variable ssm_kms_key_id {problem}");
+    }
+    Ok(key_id)
 }
 
 /// Reads variables, trimmed, with errors that name the variable and never its value
@@ -402,6 +443,10 @@ pub(crate) mod tests {
             ("request_timeout", "2s"),
             ("secretsmanager_writes_per_second", "0"),
             ("secret_format", "both"),
+            ("secret_sink", "both"),
+            ("ssm_writes_per_second", "5"),
+            ("ssm_kms_key_id", "alias/concourse"),
+            ("ssm_endpoint_url", "http://127.0.0.1:5001"),
         ])
         .unwrap();
         assert_eq!(settings.region, "eu-central-1");
@@ -422,6 +467,10 @@ pub(crate) mod tests {
         assert_eq!(rules.request_timeout, Duration::from_secs(2));
         assert_eq!(rules.writes_per_second, 0);
         assert_eq!(rules.secret_format, crate::template::SecretFormat::Both);
+        assert_eq!(rules.sink, SecretSink::Both);
+        assert_eq!(rules.ssm_writes_per_second, 5);
+        assert_eq!(rules.ssm_key_id.as_deref(), Some("alias/concourse"));
+        assert_eq!(settings.endpoints.ssm, "http://127.0.0.1:5001");
     }
 
     #[test]
@@ -541,6 +590,19 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn parameter_store_names_are_checked_at_start() {
+        let template = ("secret_path_template", "/ci+prod/{{.Team}}/{{.Account}}");
+        assert!(with(&[template]).is_ok(), "Secrets Manager takes '+'");
+        let error = with(&[template, ("secret_sink", "ssm")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("secret_path_template") && error.contains("'+'"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn the_lease_outlives_the_longest_account() {
         let rules = RotationRules::default();
         // Three attempts of 20 s, each behind up to 32 accounts x 4 writes at 40/s
@@ -552,5 +614,11 @@ pub(crate) mod tests {
             ..RotationRules::default()
         };
         assert_eq!(unpaced.writing_window(), Duration::from_secs(63));
+        let parameters = RotationRules {
+            sink: SecretSink::Both,
+            ..RotationRules::default()
+        };
+        // Parameter Store's 2 writes a second are the slower queue: 64 s.
+        assert_eq!(parameters.writing_window(), Duration::from_secs(255));
     }
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::AccountConfig;
-use crate::template::{SecretFormat, SecretPath};
+use crate::template::{SecretFormat, SecretPath, SecretSink, Sink};
 
 /// The key prefix of team state documents.
 pub const STATE_PREFIX: &str = "state/";
@@ -90,6 +90,10 @@ pub struct AccountState {
     /// repair that keeps failing rewrites the siblings at most once per ten minutes.
     #[serde(default)]
     pub partial_write_at: Option<DateTime<Utc>>,
+    /// When each sink last received a complete set (with `secret_sink = both`, the
+    /// account is rotated only when both have).
+    #[serde(default)]
+    pub sinks: BTreeMap<Sink, DateTime<Utc>>,
 }
 
 /// The step at which an account failed.
@@ -124,13 +128,19 @@ pub struct LastError {
 
 /// A short, stable digest of everything that decides what an account's secrets hold
 /// and where: a change to any of it means the secrets must be rewritten.
-pub fn fingerprint(account: &AccountConfig, path: &SecretPath, format: SecretFormat) -> String {
+pub fn fingerprint(
+    account: &AccountConfig,
+    path: &SecretPath,
+    format: SecretFormat,
+    sink: SecretSink,
+) -> String {
     digest(&[
         account.role_arn.as_bytes(),
         account.duration_seconds.to_string().as_bytes(),
         account.external_id.as_deref().unwrap_or("").as_bytes(),
         path.as_str().as_bytes(),
         format.as_str().as_bytes(),
+        sink.as_str().as_bytes(),
     ])
 }
 
@@ -177,22 +187,27 @@ mod tests {
         let path = crate::template::SecretPathTemplate::default()
             .render("t", "a")
             .unwrap();
-        let base = fingerprint(&account, &path, SecretFormat::Split);
+        let sm = SecretSink::SecretsManager;
+        let base = fingerprint(&account, &path, SecretFormat::Split, sm);
         assert_eq!(base.len(), 16);
         assert_eq!(
             base,
-            fingerprint(&account.clone(), &path, SecretFormat::Split)
+            fingerprint(&account.clone(), &path, SecretFormat::Split, sm)
         );
         let longer = AccountConfig {
             duration_seconds: 7200,
             ..account.clone()
         };
-        assert_ne!(base, fingerprint(&longer, &path, SecretFormat::Split));
-        assert_ne!(base, fingerprint(&account, &path, SecretFormat::Json));
+        assert_ne!(base, fingerprint(&longer, &path, SecretFormat::Split, sm));
+        assert_ne!(base, fingerprint(&account, &path, SecretFormat::Json, sm));
+        assert_ne!(
+            base,
+            fingerprint(&account, &path, SecretFormat::Split, SecretSink::Both)
+        );
         let moved = crate::template::SecretPathTemplate::default()
             .render("t", "b")
             .unwrap();
-        assert_ne!(base, fingerprint(&account, &moved, SecretFormat::Split));
+        assert_ne!(base, fingerprint(&account, &moved, SecretFormat::Split, sm));
     }
 
     #[test]

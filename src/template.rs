@@ -17,7 +17,8 @@ pub const DEFAULT_TEMPLATE: &str = "/concourse/{{.Team}}/{{.Account}}";
 pub const SECRET_SUFFIXES: [&str; 3] = ["-access-key", "-secret-key", "-session-token"];
 
 /// The longest suffix, which bounds how long a rendered path may be.
-const LONGEST_SUFFIX: usize = "-session-token".len();
+const LONGEST_SUFFIX_TEXT: &str = "-session-token";
+const LONGEST_SUFFIX: usize = LONGEST_SUFFIX_TEXT.len();
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
@@ -178,7 +179,24 @@ impl SecretPathTemplate {
     }
 }
 
-/// How an account's credentials are laid out in Secrets Manager (`secret_format`).
+impl SecretPathTemplate {
+    /// Why Parameter Store could not take this template's names, whatever the teams
+    /// (its alphabet is narrower than Secrets Manager's: no `+`, `=` or `@`; names in a
+    /// hierarchy start with `/`; at most 15 levels; no `aws`/`ssm` first segment).
+    /// Checked at start when `secret_sink` includes Parameter Store; each rendered name is
+    /// checked again before it is written, for what only the names decide (length, a team
+    /// name in the first segment).
+    pub fn parameter_store_problem(&self) -> Option<TemplateError> {
+        let sample = self.render("team", "account").ok()?;
+        let longest = format!("{}{LONGEST_SUFFIX_TEXT}", sample.as_str());
+        crate::aws::ssm::parameter_name_problem(&longest).map(|reason| TemplateError {
+            template: self.source.clone(),
+            reason: format!("with secret_sink ssm, a rendered parameter name {reason}"),
+        })
+    }
+}
+
+/// How an account's credentials are laid out (`secret_format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SecretFormat {
     /// The Lambda's layout: `<path>-access-key`, `<path>-secret-key`, `<path>-session-token`.
@@ -220,6 +238,73 @@ impl SecretFormat {
 
     pub fn json(self) -> bool {
         matches!(self, Self::Json | Self::Both)
+    }
+}
+
+/// Where an account's credentials are written (`secret_sink`): Secrets Manager, where
+/// Concourse's `secretsmanager` credential manager reads, Parameter Store, for its `ssm`
+/// one, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SecretSink {
+    #[default]
+    SecretsManager,
+    Ssm,
+    Both,
+}
+
+impl FromStr for SecretSink {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim() {
+            "secretsmanager" => Ok(Self::SecretsManager),
+            "ssm" => Ok(Self::Ssm),
+            "both" => Ok(Self::Both),
+            other => Err(format!(
+                "secret_sink {other:?} must be secretsmanager, ssm or both"
+            )),
+        }
+    }
+}
+
+/// One service credentials are written to.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub enum Sink {
+    #[serde(rename = "secretsmanager")]
+    SecretsManager,
+    #[serde(rename = "ssm")]
+    ParameterStore,
+}
+
+impl SecretSink {
+    /// The services written to, in a stable order.
+    pub fn sinks(self) -> Vec<Sink> {
+        let mut sinks = Vec::new();
+        if self.secrets_manager() {
+            sinks.push(Sink::SecretsManager);
+        }
+        if self.ssm() {
+            sinks.push(Sink::ParameterStore);
+        }
+        sinks
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SecretsManager => "secretsmanager",
+            Self::Ssm => "ssm",
+            Self::Both => "both",
+        }
+    }
+
+    pub fn secrets_manager(self) -> bool {
+        matches!(self, Self::SecretsManager | Self::Both)
+    }
+
+    pub fn ssm(self) -> bool {
+        matches!(self, Self::Ssm | Self::Both)
     }
 }
 
@@ -351,6 +436,41 @@ mod tests {
             .contains("secret_format"));
         assert!(SecretFormat::Both.split() && SecretFormat::Both.json());
         assert!(!SecretFormat::Json.split() && !SecretFormat::Split.json());
+    }
+
+    #[test]
+    fn parameter_store_takes_a_narrower_alphabet_and_a_leading_slash() {
+        assert_eq!(
+            SecretPathTemplate::default().parameter_store_problem(),
+            None
+        );
+        for (template, expected) in [
+            ("/ci+x/{{.Team}}/{{.Account}}", "found '+'"),
+            ("ci/{{.Team}}/{{.Account}}", "must start with '/'"),
+            ("/aws/{{.Team}}/{{.Account}}", "must not start with \"aws\""),
+            (
+                "/a/b/c/d/e/f/g/h/i/j/k/l/m/n/{{.Team}}/{{.Account}}",
+                "levels deep",
+            ),
+        ] {
+            let template: SecretPathTemplate = template.parse().unwrap();
+            let problem = template.parameter_store_problem().unwrap().to_string();
+            assert!(problem.contains(expected), "{template}: {problem}");
+            assert!(problem.contains("secret_path_template"), "{problem}");
+        }
+    }
+
+    #[test]
+    fn secret_sinks() {
+        assert_eq!("ssm".parse(), Ok(SecretSink::Ssm));
+        assert_eq!(" both".parse(), Ok(SecretSink::Both));
+        assert_eq!("secretsmanager".parse(), Ok(SecretSink::SecretsManager));
+        assert!("vault"
+            .parse::<SecretSink>()
+            .unwrap_err()
+            .contains("secret_sink"));
+        assert!(SecretSink::Both.ssm() && SecretSink::Both.secrets_manager());
+        assert!(!SecretSink::Ssm.secrets_manager() && !SecretSink::SecretsManager.ssm());
     }
 
     #[test]

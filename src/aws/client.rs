@@ -15,6 +15,7 @@ use super::error::parse_error_answer;
 use super::identity::{self, IdentityError, RotatorIdentity, SessionCredentials};
 use super::secrets::{self, Operation, SecretWrite};
 use super::signing::Signer;
+use super::ssm::{self, Expectation, ParameterWrite, ParameterWritten};
 use super::sts::{self, AssumeRole};
 use super::transport::{HttpResponse, Transport};
 use super::{AssumedCredentials, AwsError};
@@ -204,23 +205,52 @@ impl<T: Transport> AwsClient<T> {
         sts::parse_assume_role(&response).map_err(|error| self.redacted(error))
     }
 
+    /// Writes one parameter in the fewest calls for what the caller expects (see
+    /// [`ssm::write_parameter`]).
+    pub async fn write_parameter(
+        &self,
+        pace: &impl Pace,
+        write: &ParameterWrite<'_>,
+        expectation: Expectation,
+    ) -> Result<ParameterWritten, AwsError> {
+        let send =
+            |operation| self.json_operation(ssm::SERVICE, &self.endpoints.ssm, pace, operation);
+        match ssm::write_parameter(write, expectation, send).await {
+            Ok(written) => Ok(self.scrubbing(|secrets| written.redacted(secrets))),
+            Err(error) => Err(self.redacted(error)),
+        }
+    }
+
     async fn secrets_manager(
         &self,
         pace: &impl Pace,
         operation: Operation,
     ) -> Result<(), AwsError> {
+        let endpoint = &self.endpoints.secrets_manager;
+        let response = self
+            .json_operation("secretsmanager", endpoint, pace, operation)
+            .await?;
+        secrets::check_write(&response).map_err(|error| self.redacted(error))
+    }
+
+    /// One call of a JSON 1.1 service (Secrets Manager, Parameter Store), in its turn.
+    async fn json_operation(
+        &self,
+        service: &str,
+        endpoint: &str,
+        pace: &impl Pace,
+        operation: Operation,
+    ) -> Result<HttpResponse, AwsError> {
         let session = self.session().await.map_err(AwsError::Credentials)?;
         pace.wait_turn().await;
-        let url = format!("{}/", self.endpoints.secrets_manager);
+        let url = format!("{endpoint}/");
         let builder = || {
             http::Request::post(&url)
                 .header(http::header::CONTENT_TYPE, secrets::CONTENT_TYPE)
                 .header("x-amz-target", operation.target)
         };
-        let response = self
-            .call("secretsmanager", &session.signer, builder, operation.body)
-            .await?;
-        secrets::check_write(&response).map_err(|error| self.redacted(error))
+        self.call(service, &session.signer, builder, operation.body)
+            .await
     }
 
     /// Signs and sends; when AWS refuses the request's time, corrects the signing clock
@@ -282,9 +312,14 @@ impl<T: Transport> AwsClient<T> {
     }
 
     fn redacted(&self, error: AwsError) -> AwsError {
+        self.scrubbing(|secrets| error.redacted(secrets))
+    }
+
+    /// Runs `scrub` with every credential value this client has held.
+    fn scrubbing<R>(&self, scrub: impl FnOnce(&[&str]) -> R) -> R {
         let values = self.redact.borrow();
         let secrets: Vec<&str> = values.iter().map(String::as_str).collect();
-        error.redacted(&secrets)
+        scrub(&secrets)
     }
 }
 
@@ -410,6 +445,7 @@ mod tests {
         let endpoints = Endpoints {
             sts: "http://aws.test".into(),
             secrets_manager: "http://aws.test".into(),
+            ssm: "http://aws.test".into(),
         };
         AwsClient::new(aws, identity, "us-east-1", endpoints)
     }

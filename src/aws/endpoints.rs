@@ -6,17 +6,20 @@
 pub struct Endpoints {
     pub sts: String,
     pub secrets_manager: String,
+    pub ssm: String,
 }
 
 /// The endpoint overrides, as the variables name them.
 #[derive(Debug, Clone, Default)]
 pub struct EndpointOverrides<'a> {
-    /// `aws_endpoint_url`: both services, like the SDKs' `AWS_ENDPOINT_URL`.
+    /// `aws_endpoint_url`: every service, like the SDKs' `AWS_ENDPOINT_URL`.
     pub aws: Option<&'a str>,
     /// `sts_endpoint_url`.
     pub sts: Option<&'a str>,
     /// `secretsmanager_endpoint_url`.
     pub secrets_manager: Option<&'a str>,
+    /// `ssm_endpoint_url`.
+    pub ssm: Option<&'a str>,
 }
 
 impl Endpoints {
@@ -51,6 +54,7 @@ impl Endpoints {
                 overrides.secrets_manager,
                 "secretsmanager",
             )?,
+            ssm: pick("ssm_endpoint_url", overrides.ssm, "ssm")?,
         })
     }
 }
@@ -85,6 +89,7 @@ mod tests {
             endpoints.secrets_manager,
             "https://secretsmanager.eu-west-1.amazonaws.com"
         );
+        assert_eq!(endpoints.ssm, "https://ssm.eu-west-1.amazonaws.com");
         let china = Endpoints::resolve("cn-north-1", &EndpointOverrides::default()).unwrap();
         assert_eq!(china.sts, "https://sts.cn-north-1.amazonaws.com.cn");
     }
@@ -105,6 +110,7 @@ mod tests {
         let endpoints = Endpoints::resolve("us-east-1", &specific).unwrap();
         assert_eq!(endpoints.sts, "https://sts.example.internal:8443");
         assert_eq!(endpoints.secrets_manager, "http://127.0.0.1:5000");
+        assert_eq!(endpoints.ssm, "http://127.0.0.1:5000");
     }
 
     #[test]

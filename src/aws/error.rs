@@ -35,18 +35,20 @@ fn request_id_note(request_id: Option<&str>) -> String {
     request_id.map_or_else(String::new, |id| format!(" (request id {id})"))
 }
 
-/// Error codes AWS documents as throttling, in either protocol.
-const THROTTLING_CODES: [&str; 5] = [
+/// Error codes AWS documents as throttling, in either protocol, and Parameter Store's
+/// answer to concurrent updates of one parameter, which passes by itself too.
+const THROTTLING_CODES: [&str; 6] = [
     "Throttling",
     "ThrottlingException",
     "RequestLimitExceeded",
     "TooManyRequestsException",
     "RequestThrottled",
+    "TooManyUpdates",
 ];
 
 /// Error codes of failures that cannot heal by themselves: the role, its trust policy,
 /// the rotator's policy or keys, the request or the secret has to be changed by someone.
-const PERMANENT_CODES: [&str; 11] = [
+const PERMANENT_CODES: [&str; 18] = [
     "AccessDenied",
     "AccessDeniedException",
     "NoSuchEntity",
@@ -59,6 +61,17 @@ const PERMANENT_CODES: [&str; 11] = [
     "ExpiredToken",
     // Secrets Manager's answer for a secret scheduled for deletion.
     "InvalidRequestException",
+    // Parameter Store: 10,000 Standard parameters per account and region are in use.
+    "ParameterLimitExceeded",
+    // Parameter Store: the oldest of the 100 kept versions has a label.
+    "ParameterMaxVersionLimitExceeded",
+    "HierarchyLevelLimitExceededException",
+    // Parameter Store: a parameter of another type holds the name.
+    "HierarchyTypeMismatchException",
+    // Parameter Store: `ssm_kms_key_id` names no usable key.
+    "InvalidKeyId",
+    "ParameterPatternMismatchException",
+    "UnsupportedParameterType",
 ];
 
 impl AwsError {
@@ -187,12 +200,17 @@ pub(crate) fn parse_error_answer(response: &HttpResponse, service: &str) -> AwsE
         })
 }
 
+/// Both spellings of the message are separate fields: moto sends `message` and `Message`
+/// side by side on some Parameter Store errors, which a serde alias refuses as a
+/// duplicate field.
 #[derive(serde::Deserialize)]
 struct JsonError {
     #[serde(rename = "__type", default)]
     kind: String,
-    #[serde(alias = "Message", default)]
-    message: String,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(rename = "Message", default)]
+    capitalized_message: Option<String>,
 }
 
 fn json_error(response: &HttpResponse) -> Option<AwsError> {
@@ -202,7 +220,13 @@ fn json_error(response: &HttpResponse) -> Option<AwsError> {
     Some(AwsError::Service {
         status: response.status,
         code: truncate(error.kind.rsplit('#').next().unwrap_or_default(), 100),
-        message: truncate(&error.message, 500),
+        message: truncate(
+            &error
+                .message
+                .or(error.capitalized_message)
+                .unwrap_or_default(),
+            500,
+        ),
         request_id: request_id(response),
     })
 }

@@ -18,9 +18,9 @@
 
 use std::future::Future;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::error::{parse_xml_error, request_id, truncate};
+use super::error::parse_error_answer;
 // The JSON 1.1 operation shape (`X-Amz-Target` and body) is the one Secrets Manager uses.
 use super::secrets::Operation;
 use super::{AwsError, HttpResponse, Written};
@@ -36,28 +36,6 @@ const ADD_TAGS_TO_RESOURCE: &str = "AmazonSSM.AddTagsToResource";
 
 /// The error code of a create (`Overwrite=false`) whose name is taken.
 pub const ALREADY_EXISTS: &str = "ParameterAlreadyExists";
-
-/// Parameter Store's answer to concurrent updates of one parameter ("a resource that
-/// supports one update at a time"). It passes by itself, so it is retried; it is not in
-/// the AWS SDKs' throttling list, which is why [`is_retryable`] adds it.
-pub const TOO_MANY_UPDATES: &str = "TooManyUpdates";
-
-/// Failures specific to Parameter Store that only an operator can clear (besides the
-/// shared ones, such as `AccessDeniedException` and `ValidationException`, that
-/// [`AwsError::is_permanent`] already knows).
-const PERMANENT_CODES: [&str; 7] = [
-    // 10,000 Standard parameters per account and region are in use.
-    "ParameterLimitExceeded",
-    // The oldest of the 100 kept versions has a label, so it cannot be dropped.
-    "ParameterMaxVersionLimitExceeded",
-    "HierarchyLevelLimitExceededException",
-    // A parameter of another type (String, StringList) holds the name.
-    "HierarchyTypeMismatchException",
-    // `ssm_kms_key_id` names no usable key (missing, disabled, pending deletion).
-    "InvalidKeyId",
-    "ParameterPatternMismatchException",
-    "UnsupportedParameterType",
-];
 
 /// The largest value of a Standard-tier parameter, in bytes: "Standard parameters, which
 /// cannot exceed 4096 bytes" (AWS KMS developer guide, "How AWS Systems Manager Parameter
@@ -343,7 +321,7 @@ type JsonObject = serde_json::Map<String, serde_json::Value>;
 /// from a proxy is not success), a typed error otherwise.
 pub fn check_put(response: &HttpResponse) -> Result<u64, AwsError> {
     if !(200..300).contains(&response.status) {
-        return Err(parse_error(response));
+        return Err(parse_error_answer(response, "a Parameter Store"));
     }
     // Read as an object first: serde would also fill a struct from a JSON array.
     serde_json::from_slice::<JsonObject>(&response.body)
@@ -359,7 +337,7 @@ pub fn check_put(response: &HttpResponse) -> Result<u64, AwsError> {
 /// Reads an `AddTagsToResource` answer: an empty JSON object on success.
 pub fn check_tagged(response: &HttpResponse) -> Result<(), AwsError> {
     if !(200..300).contains(&response.status) {
-        return Err(parse_error(response));
+        return Err(parse_error_answer(response, "a Parameter Store"));
     }
     serde_json::from_slice::<JsonObject>(&response.body)
         .map(drop)
@@ -367,65 +345,6 @@ pub fn check_tagged(response: &HttpResponse) -> Result<(), AwsError> {
             status: response.status,
             detail: "AddTagsToResource answered with something other than a JSON object".to_owned(),
         })
-}
-
-/// A JSON 1.1 error. Both spellings of the message are separate fields: moto sends
-/// `message` and `Message` side by side (for `ParameterAlreadyExists`, for one), which a
-/// serde alias would reject as a duplicate field.
-#[derive(Deserialize)]
-struct JsonError {
-    #[serde(rename = "__type", default)]
-    kind: String,
-    #[serde(default)]
-    message: Option<String>,
-    #[serde(rename = "Message", default)]
-    capitalized_message: Option<String>,
-}
-
-/// Reads an error answer. The code comes from `__type` (dropping a `prefix#`), never
-/// from the status; authorization failures may come in the XML shape instead (moto
-/// answers a denied `ssm:PutParameter` with HTTP 403 and `ErrorResponse/Errors/Error`).
-fn parse_error(response: &HttpResponse) -> AwsError {
-    let parsed = serde_json::from_slice::<JsonError>(&response.body)
-        .ok()
-        .filter(|error| !error.kind.is_empty());
-    match parsed {
-        Some(error) => AwsError::Service {
-            status: response.status,
-            code: truncate(error.kind.rsplit('#').next().unwrap_or_default(), 100),
-            message: truncate(
-                &error
-                    .message
-                    .or(error.capitalized_message)
-                    .unwrap_or_default(),
-                500,
-            ),
-            request_id: request_id(response),
-        },
-        None => parse_xml_error(response).unwrap_or_else(|| AwsError::Malformed {
-            status: response.status,
-            detail: format!(
-                "not a Parameter Store error document: {:?}",
-                truncate(&String::from_utf8_lossy(&response.body), 200)
-            ),
-        }),
-    }
-}
-
-/// Whether a failed Parameter Store call may pass if tried again: the shared classes of
-/// [`AwsError::is_retryable`] (5xx, 429, `ThrottlingException`, transport failures) and
-/// [`TOO_MANY_UPDATES`].
-pub fn is_retryable(error: &AwsError) -> bool {
-    error.is_retryable() || error.code() == Some(TOO_MANY_UPDATES)
-}
-
-/// Whether only an operator can clear a failed Parameter Store call: the shared
-/// permanent classes and Parameter Store's own limits, type and key failures.
-pub fn is_permanent(error: &AwsError) -> bool {
-    error.is_permanent()
-        || error
-            .code()
-            .is_some_and(|code| PERMANENT_CODES.contains(&code))
 }
 
 /// What the caller knows of the parameter before writing it, which picks the first call.
@@ -694,7 +613,7 @@ mod tests {
         let error = check_put(&answer(403, body)).unwrap_err();
         assert_eq!(error.code(), Some("AccessDenied"));
         assert!(error.to_string().contains("ssm:PutParameter"));
-        assert!(is_permanent(&error) && !is_retryable(&error));
+        assert!(error.is_permanent() && !error.is_retryable());
     }
 
     #[test]
@@ -729,23 +648,30 @@ mod tests {
 
     #[test]
     fn throttling_and_conflicts_are_retried_limits_are_not() {
-        for code in ["ThrottlingException", TOO_MANY_UPDATES] {
+        for code in ["ThrottlingException", "TooManyUpdates"] {
             let error = service(400, code);
-            assert!(is_retryable(&error) && !is_permanent(&error), "{code}");
+            assert!(error.is_retryable() && !error.is_permanent(), "{code}");
         }
-        assert!(is_retryable(&service(500, "InternalServerError")));
-        for code in PERMANENT_CODES.iter().chain(&[
+        assert!(service(500, "InternalServerError").is_retryable());
+        for code in [
+            "ParameterLimitExceeded",
+            "ParameterMaxVersionLimitExceeded",
+            "HierarchyLevelLimitExceededException",
+            "HierarchyTypeMismatchException",
+            "InvalidKeyId",
+            "ParameterPatternMismatchException",
+            "UnsupportedParameterType",
             "AccessDeniedException",
             "AccessDenied",
             "ValidationException",
-        ]) {
+        ] {
             let error = service(400, code);
-            assert!(is_permanent(&error) && !is_retryable(&error), "{code}");
+            assert!(error.is_permanent() && !error.is_retryable(), "{code}");
         }
         let too_big = ParameterWrite::new("/c/t/a", &"x".repeat(5000), None, "t", "a")
             .err()
             .unwrap();
-        assert!(is_permanent(&too_big) && !is_retryable(&too_big));
+        assert!(too_big.is_permanent() && !too_big.is_retryable());
     }
 
     #[test]
@@ -998,7 +924,7 @@ mod tests {
 
         let script = Script::new(vec![error(400, "ThrottlingException")]);
         let throttled = script.run(Expectation::Exists).unwrap_err();
-        assert!(is_retryable(&throttled));
+        assert!(throttled.is_retryable());
         assert_eq!(script.calls(), ["overwrite"]);
 
         let script = Script::new(vec![Err(AwsError::Transport(TransportError::Connection(

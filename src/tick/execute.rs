@@ -1,12 +1,14 @@
 //! Rotating one due account: `AssumeRole`, the lease's fence, then every secret of the
-//! account's format written concurrently. Each AWS call is retried in the standard mode
-//! within the tick's budget and every failed attempt is reported as it happens; the
-//! account itself ends in one [`Outcome`].
+//! account's format written concurrently into every sink (Secrets Manager, Parameter
+//! Store). Each AWS call is retried in the standard mode within the tick's budget and
+//! every failed attempt is reported as it happens; the account itself ends in one
+//! [`Outcome`].
 
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::aws::secrets::SecretWrite;
+use crate::aws::ssm::{Expectation, ParameterWrite, ParameterWritten};
 use crate::aws::sts::AssumeRole;
 use crate::aws::{AssumedCredentials, AwsClient, AwsError, Transport, Written};
 use crate::clock::{chrono_duration, Clock};
@@ -17,7 +19,7 @@ use crate::retry::{with_retries, FailedAttempt};
 use crate::settings::RotationRules;
 use crate::state::Stage;
 use crate::store::KeyValue;
-use crate::template::{SecretFormat, SecretPath};
+use crate::template::Sink;
 
 use super::plan::Job;
 
@@ -33,6 +35,8 @@ pub enum Outcome {
         error: AwsError,
         /// Some of the account's secrets were written, but not all.
         wrote_some: bool,
+        /// The sinks that did receive every secret.
+        complete: Vec<Sink>,
     },
     /// Not started: the tick's budget ran out first.
     Deferred,
@@ -46,7 +50,9 @@ pub struct Executor<'a, T, C, K> {
     pub clock: &'a C,
     pub rules: &'a RotationRules,
     pub sink: &'a dyn EventSink,
+    /// Secrets Manager's pace and Parameter Store's: each service has its own quota.
     pub pacer: &'a WritePacer<'a, C>,
+    pub ssm_pacer: &'a WritePacer<'a, C>,
     pub lease: &'a Lease<'a, K, C>,
     /// No account starts, and no attempt is retried, past this.
     pub deadline: DateTime<Utc>,
@@ -67,6 +73,7 @@ impl<T: Transport, C: Clock, K: KeyValue> Executor<'_, T, C, K> {
                     stage: Stage::AssumeRole,
                     error,
                     wrote_some: false,
+                    complete: Vec::new(),
                 }
             }
         };
@@ -78,10 +85,11 @@ impl<T: Transport, C: Clock, K: KeyValue> Executor<'_, T, C, K> {
                 expiration: credentials.expiration,
                 secrets_created,
             },
-            Err((error, wrote_some)) => Outcome::Failed {
+            Err(failure) => Outcome::Failed {
                 stage: Stage::WriteSecrets,
-                error,
-                wrote_some,
+                error: failure.error,
+                wrote_some: failure.wrote_some,
+                complete: failure.complete,
             },
         }
     }
@@ -103,62 +111,121 @@ impl<T: Transport, C: Clock, K: KeyValue> Executor<'_, T, C, K> {
         .await
     }
 
-    /// Writes every secret of the account's format concurrently. On failure the error
-    /// names every secret that was not written, so a partial write is visible in the log;
-    /// with it comes whether any was written.
+    /// Writes every secret of the account's format into every sink, concurrently. On
+    /// failure the error names every secret that was not written, so a partial write is
+    /// visible in the log.
     async fn write_all(
         &self,
         job: &Job,
         credentials: &AssumedCredentials,
-    ) -> Result<usize, (AwsError, bool)> {
-        let targets = secret_targets(&job.path, self.rules.secret_format, credentials);
-        let values = credentials.secret_values();
-        let requests: Vec<SecretWrite> = targets
+    ) -> Result<usize, WriteFailure> {
+        let targets = targets(job, self.rules, credentials);
+        let writes = targets
             .iter()
-            .map(|(name, value)| {
-                SecretWrite::new(
-                    name,
-                    value.expose_secret(),
-                    credentials,
-                    &job.team,
-                    &job.account.name,
-                )
-            })
-            .collect();
-        let writes = requests.iter().map(|write| {
-            with_retries(
-                &self.rules.retry,
-                self.clock,
-                self.deadline,
-                move || {
-                    let sent = self.client.write_secret(self.pacer, write);
-                    async move { sent.await.map_err(|error| error.redacted(&values)) }
-                },
-                |failed| self.attempt_failed(job, "write_secret", Some(write.name), failed),
-            )
-        });
+            .map(|target| self.write(job, target, credentials));
         let results = futures::future::join_all(writes).await;
         let mut created = 0;
         let mut not_written = Vec::new();
         let mut first_error = None;
-        for ((name, _), result) in targets.iter().zip(results) {
+        for (target, result) in targets.iter().zip(results) {
             match result {
                 Ok(Written::Created) => created += 1,
                 Ok(Written::Updated) => {}
                 Err(error) => {
-                    not_written.push(name.as_str());
+                    not_written.push(target);
                     first_error.get_or_insert(error);
                 }
             }
         }
-        match first_error {
-            None => Ok(created),
-            Some(error) => {
-                let wrote_some = not_written.len() < targets.len();
-                let note = format!(" [not written: {}]", not_written.join(", "));
-                Err((error.annotated(&note), wrote_some))
+        let Some(error) = first_error else {
+            return Ok(created);
+        };
+        let names: Vec<String> = not_written.iter().map(|t| t.describe()).collect();
+        let complete = self
+            .rules
+            .sink
+            .sinks()
+            .into_iter()
+            .filter(|sink| !not_written.iter().any(|t| t.sink == *sink))
+            .collect();
+        Err(WriteFailure {
+            error: error.annotated(&format!(" [not written: {}]", names.join(", "))),
+            wrote_some: not_written.len() < targets.len(),
+            complete,
+        })
+    }
+
+    /// One secret into its sink, retried in the standard mode.
+    async fn write(
+        &self,
+        job: &Job,
+        target: &Target,
+        credentials: &AssumedCredentials,
+    ) -> Result<Written, AwsError> {
+        let values = credentials.secret_values();
+        let value = target.value.expose_secret();
+        let (team, account) = (job.team.as_str(), job.account.name.as_str());
+        let report = |failed: FailedAttempt<'_>| {
+            self.attempt_failed(job, target.operation(), Some(&target.name), failed)
+        };
+        match target.sink {
+            Sink::SecretsManager => {
+                let write = SecretWrite::new(&target.name, value, credentials, team, account);
+                let attempt = || {
+                    let sent = self.client.write_secret(self.pacer, &write);
+                    async { sent.await.map_err(|error| error.redacted(&values)) }
+                };
+                with_retries(
+                    &self.rules.retry,
+                    self.clock,
+                    self.deadline,
+                    attempt,
+                    report,
+                )
+                .await
+            }
+            Sink::ParameterStore => {
+                let key_id = self.rules.ssm_key_id.as_deref();
+                let write = ParameterWrite::new(&target.name, value, key_id, team, account)?;
+                let expectation = match job.written_before {
+                    true => Expectation::Exists,
+                    false => Expectation::Missing,
+                };
+                let attempt = || {
+                    let sent = self
+                        .client
+                        .write_parameter(self.ssm_pacer, &write, expectation);
+                    async { sent.await.map_err(|error| error.redacted(&values)) }
+                };
+                let written = with_retries(
+                    &self.rules.retry,
+                    self.clock,
+                    self.deadline,
+                    attempt,
+                    report,
+                )
+                .await?;
+                if let ParameterWritten::CreatedUntagged { tagging } = &written {
+                    self.untagged(job, &target.name, tagging);
+                }
+                Ok(written.written())
             }
         }
+    }
+
+    /// A parameter an overwrite created could not be tagged: it holds its value, only
+    /// the tags naming team and account are missing.
+    fn untagged(&self, job: &Job, name: &str, error: &AwsError) {
+        self.sink.emit(&Event::AttemptFailed {
+            team: job.team.clone(),
+            account: job.account.name.clone(),
+            operation: "tag_parameter",
+            secret: Some(name.to_owned()),
+            attempt: 1,
+            code: error.code().map(str::to_owned),
+            retry_in_ms: None,
+            error: error.to_string(),
+        });
     }
 
     fn attempt_failed(
@@ -181,21 +248,64 @@ impl<T: Transport, C: Clock, K: KeyValue> Executor<'_, T, C, K> {
     }
 }
 
-/// The secrets of one account in the chosen format, with their values.
-fn secret_targets(
-    path: &SecretPath,
-    format: SecretFormat,
-    credentials: &AssumedCredentials,
-) -> Vec<(String, SecretString)> {
-    let mut targets = Vec::new();
-    if format.split() {
-        let [access, secret, token] = credentials.secret_values();
-        for (name, value) in path.secret_names().into_iter().zip([access, secret, token]) {
-            targets.push((name, SecretString::from(value.to_owned())));
+/// An account's writes that did not all land.
+struct WriteFailure {
+    error: AwsError,
+    wrote_some: bool,
+    complete: Vec<Sink>,
+}
+
+/// One secret of an account, in one sink.
+struct Target {
+    sink: Sink,
+    name: String,
+    value: SecretString,
+}
+
+impl Target {
+    fn operation(&self) -> &'static str {
+        match self.sink {
+            Sink::SecretsManager => "write_secret",
+            Sink::ParameterStore => "put_parameter",
         }
     }
-    if format.json() {
-        targets.push((path.as_str().to_owned(), credentials.json_document()));
+
+    /// The name, with its sink when that is not Secrets Manager.
+    fn describe(&self) -> String {
+        match self.sink {
+            Sink::SecretsManager => self.name.clone(),
+            Sink::ParameterStore => format!("{} (ssm)", self.name),
+        }
     }
-    targets
+}
+
+/// Every secret of one account: each name of its format, in each sink.
+fn targets(job: &Job, rules: &RotationRules, credentials: &AssumedCredentials) -> Vec<Target> {
+    let [access, secret, token] = credentials.secret_values();
+    let mut values: Vec<(String, SecretString)> = Vec::new();
+    if rules.secret_format.split() {
+        for (name, value) in job
+            .path
+            .secret_names()
+            .into_iter()
+            .zip([access, secret, token])
+        {
+            values.push((name, SecretString::from(value.to_owned())));
+        }
+    }
+    if rules.secret_format.json() {
+        values.push((job.path.as_str().to_owned(), credentials.json_document()));
+    }
+    rules
+        .sink
+        .sinks()
+        .into_iter()
+        .flat_map(|sink| {
+            values.iter().map(move |(name, value)| Target {
+                sink,
+                name: name.clone(),
+                value: value.clone(),
+            })
+        })
+        .collect()
 }

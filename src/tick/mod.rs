@@ -189,12 +189,14 @@ impl<T: Transport, C: Clock, K: KeyValue> Engine<'_, T, C, K> {
         summary: &mut TickSummary,
     ) {
         let pacer = WritePacer::new(self.clock, self.rules.writes_per_second);
+        let ssm_pacer = WritePacer::new(self.clock, self.rules.ssm_writes_per_second);
         let executor = Executor {
             client: self.client,
             clock: self.clock,
             rules: self.rules,
             sink: self.sink,
             pacer: &pacer,
+            ssm_pacer: &ssm_pacer,
             lease,
             deadline,
         };
@@ -216,7 +218,7 @@ impl<T: Transport, C: Clock, K: KeyValue> Engine<'_, T, C, K> {
             }
             let now = self.clock.now();
             let fraction = self.clock.random_fraction();
-            let event = record.apply(&job, outcome, now, &self.rules.timing, fraction);
+            let event = record.apply(&job, outcome, now, self.rules, fraction);
             self.report(summary, event);
             // A failed flush keeps the changes for the next one; the last one reports.
             if now - flushed >= chrono_duration(FLUSH_INTERVAL) {

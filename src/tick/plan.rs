@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::clock::chrono_duration;
 use std::collections::BTreeMap;
 
+use crate::aws::ssm;
 use crate::config::{AccountConfig, Problem, TEAM_KEY_PREFIX};
 use crate::events::Event;
 use crate::settings::RotationRules;
@@ -84,6 +85,9 @@ pub struct Job {
     pub account: AccountConfig,
     pub path: SecretPath,
     pub fingerprint: String,
+    /// The account's secrets were all written before with this configuration, so they
+    /// exist (Parameter Store then overwrites first instead of creating).
+    pub written_before: bool,
     pub reason: RotateReason,
     /// Earlier expiry first; never-written accounts before all.
     pub urgency: Option<DateTime<Utc>>,
@@ -243,7 +247,12 @@ fn plan_account(
         .template
         .render(name, &account.name)
         .map_err(|reason| refused(name, account, Stage::SecretPath, None, reason))?;
-    let fingerprint = fingerprint(account, &path, rules.secret_format);
+    if let Some(problem) = parameter_name_problems(&path, rules) {
+        return Err(refused(name, account, Stage::SecretPath, None, problem));
+    }
+    let fingerprint = fingerprint(account, &path, rules.secret_format, rules.sink);
+    let written_before =
+        state.is_some_and(|s| s.written_at.is_some() && s.fingerprint == fingerprint);
     let decision = match decide(state, &fingerprint, now, reset_backoff) {
         Decision::Skip {
             reason: SkipReason::Fresh | SkipReason::BackingOff,
@@ -264,10 +273,26 @@ fn plan_account(
             account: account.clone(),
             path,
             fingerprint,
+            written_before,
             reason,
             urgency: state.and_then(|state| state.expiration),
         }),
     }
+}
+
+/// What Parameter Store would refuse in this account's names, when it is written to: the
+/// template was checked at start, but a name's length and a team name in its first
+/// segment are only known now.
+fn parameter_name_problems(path: &SecretPath, rules: &RotationRules) -> Option<String> {
+    if !rules.sink.ssm() {
+        return None;
+    }
+    path.names(rules.secret_format)
+        .into_iter()
+        .find_map(|name| {
+            ssm::parameter_name_problem(&name)
+                .map(|problem| format!("parameter name {name:?} {problem}"))
+        })
 }
 
 /// An account refused before any AWS call: nothing but an operator can fix it.

@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 
 use crate::aws::AwsError;
 use crate::events::Event;
+use crate::settings::RotationRules;
 use crate::state::{AccountState, LastError, Stage, TeamState, STATE_PREFIX};
 use crate::timing::Timing;
 
@@ -78,9 +79,11 @@ impl Record {
         job: &Job,
         outcome: Outcome,
         now: DateTime<Utc>,
-        timing: &Timing,
+        rules: &RotationRules,
         fraction: f64,
     ) -> Event {
+        let timing = &rules.timing;
+        let sinks = rules.sink.sinks();
         let was_incomplete = self.was_incomplete.get(&key(job)).copied().unwrap_or(false);
         self.changed.insert(job.team.clone());
         let state = self
@@ -101,6 +104,7 @@ impl Record {
                     written_at: Some(now),
                     expiration: Some(expiration),
                     rotate_after: Some(rotate_after),
+                    sinks: sinks.iter().map(|sink| (*sink, now)).collect(),
                     ..AccountState::default()
                 };
                 Event::AccountRotated {
@@ -118,8 +122,12 @@ impl Record {
                 stage,
                 error,
                 wrote_some,
+                complete,
             } => {
                 state.incomplete = was_incomplete || stage == Stage::WriteSecrets;
+                state
+                    .sinks
+                    .extend(complete.into_iter().map(|sink| (sink, now)));
                 let failure = Failure {
                     stage,
                     error,

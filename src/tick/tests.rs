@@ -11,7 +11,7 @@ use crate::roles::AllowedRoles;
 use crate::state::TeamState;
 use crate::store::tests::MemoryStore;
 use crate::store::StoreError;
-use crate::template::SecretFormat;
+use crate::template::{SecretFormat, SecretSink, Sink};
 use plan::RotateReason;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -39,6 +39,10 @@ struct FakeAws {
     tokens: RefCell<Vec<(String, String)>>,
     /// Secret writes never answer (a host about to be stopped).
     hang_writes: bool,
+    /// Parameter Store: each parameter's value, version and tags.
+    parameters: RefCell<BTreeMap<String, (String, u64, Vec<String>)>>,
+    /// Parameter Store refuses every write (a rotator without the SSM policy).
+    ssm_denied: bool,
 }
 
 impl Default for FakeAws {
@@ -57,6 +61,8 @@ impl Default for FakeAws {
             calls: RefCell::default(),
             tokens: RefCell::default(),
             hang_writes: false,
+            parameters: RefCell::default(),
+            ssm_denied: false,
         }
     }
 }
@@ -94,8 +100,15 @@ impl FakeAws {
             return reply(500, "metadata unavailable");
         }
         assert!(request.headers().contains_key("authorization"));
-        match request.headers().get("x-amz-target") {
-            Some(target) => self.secrets_manager(target.to_str().unwrap(), request.body()),
+        match request
+            .headers()
+            .get("x-amz-target")
+            .map(|t| t.to_str().unwrap())
+        {
+            Some(target) if target.starts_with("AmazonSSM.") => {
+                self.parameter_store(target, request.body())
+            }
+            Some(target) => self.secrets_manager(target, request.body()),
             None => self.sts(request.body()),
         }
     }
@@ -148,6 +161,87 @@ impl FakeAws {
                  </Credentials></AssumeRoleResult></AssumeRoleResponse>"
             ),
         )
+    }
+
+    /// Parameter Store as AWS answers: tags only on a create, a taken name refused
+    /// without `Overwrite`, every put a new version.
+    fn parameter_store(&self, target: &str, body: &[u8]) -> HttpResponse {
+        let body: serde_json::Value = serde_json::from_slice(body).unwrap();
+        let operation = target.trim_start_matches("AmazonSSM.");
+        let name = body
+            .get("Name")
+            .or_else(|| body.get("ResourceId"))
+            .and_then(|v| v.as_str())
+            .unwrap()
+            .to_owned();
+        self.calls.borrow_mut().push(format!("{operation} {name}"));
+        if self.ssm_denied {
+            return reply(
+                400,
+                r#"{"__type":"AccessDeniedException","message":"not authorized to perform: ssm:PutParameter"}"#,
+            );
+        }
+        let tags: Vec<String> = body["Tags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|tag| {
+                format!(
+                    "{}={}",
+                    tag["Key"].as_str().unwrap(),
+                    tag["Value"].as_str().unwrap()
+                )
+            })
+            .collect();
+        let mut parameters = self.parameters.borrow_mut();
+        if operation == "AddTagsToResource" {
+            parameters.get_mut(&name).unwrap().2.extend(tags);
+            return reply(200, "{}");
+        }
+        assert_eq!(body["Type"], "SecureString");
+        let overwrite = body["Overwrite"].as_bool().unwrap();
+        if overwrite && !tags.is_empty() {
+            return reply(
+                400,
+                r#"{"__type":"ValidationException","Message":"tags and overwrite can't be used together"}"#,
+            );
+        }
+        let value = body["Value"].as_str().unwrap().to_owned();
+        let version = match parameters.get_mut(&name) {
+            Some(_) if !overwrite => {
+                return reply(
+                    400,
+                    r#"{"__type":"ParameterAlreadyExists","message":"exists","Message":"exists"}"#,
+                )
+            }
+            Some(existing) => {
+                existing.0 = value;
+                existing.1 += 1;
+                existing.1
+            }
+            None => {
+                parameters.insert(name, (value, 1, tags));
+                1
+            }
+        };
+        reply(200, format!(r#"{{"Version":{version},"Tier":"Standard"}}"#))
+    }
+
+    /// The triple of parameters at a path, checked to come from one AssumeRole.
+    fn consistent_parameters(&self, path: &str) -> [String; 3] {
+        let parameters = self.parameters.borrow();
+        let triple = ["access-key", "secret-key", "session-token"]
+            .map(|suffix| parameters[&format!("{path}-{suffix}")].0.clone());
+        let n: usize = triple[0].trim_start_matches("ASIAFAKE").parse().unwrap();
+        assert!(
+            triple[1].starts_with(&format!("secret-{n}-")),
+            "mixed: {triple:?}"
+        );
+        assert!(
+            triple[2].starts_with(&format!("token-{n}-")),
+            "mixed: {triple:?}"
+        );
+        triple
     }
 
     fn secrets_manager(&self, target: &str, body: &[u8]) -> HttpResponse {
@@ -1154,6 +1248,7 @@ fn client_as(aws: &FakeAws, source: CredentialsSource) -> AwsClient<&FakeAws> {
         Endpoints {
             sts: "http://sts.test".into(),
             secrets_manager: "http://sm.test".into(),
+            ssm: "http://ssm.test".into(),
         },
     )
 }
@@ -1396,4 +1491,104 @@ fn without_the_rotators_credentials_the_tick_fails_before_any_aws_call() {
     );
     assert_eq!(aws.calls.borrow().as_slice(), ["IMDS"], "no AWS call");
     assert!(store.text(LEASE_KEY).is_none(), "no lease taken");
+}
+
+fn into(sink: SecretSink) -> RotationRules {
+    RotationRules {
+        sink,
+        ssm_writes_per_second: 0,
+        ..rules(8)
+    }
+}
+
+#[test]
+fn parameter_store_gets_tagged_parameters_then_overwrites_them() {
+    let aws = FakeAws::default();
+    let store = MemoryStore::default().with("team/alpha", &team("alpha", &[("dev", "ci")]));
+    let ssm = into(SecretSink::Ssm);
+    let (summary, events) = tick_with(&aws, &store, &ssm);
+    assert_eq!(summary.rotated, 1, "{}", event_lines(&events));
+    assert!(
+        aws.secrets.borrow().is_empty(),
+        "nothing in Secrets Manager"
+    );
+    let first = aws.consistent_parameters("/concourse/alpha/dev");
+    assert_eq!(aws.count_calls("PutParameter"), 3, "one tagged create each");
+    let tags = aws.parameters.borrow()["/concourse/alpha/dev-session-token"]
+        .2
+        .clone();
+    assert_eq!(
+        tags,
+        ["concourse-sts:team=alpha", "concourse-sts:account=dev"]
+    );
+    let dev = &state(&store, "alpha").accounts["dev"];
+    assert_eq!(
+        dev.sinks.keys().copied().collect::<Vec<_>>(),
+        [Sink::ParameterStore]
+    );
+
+    aws.calls.borrow_mut().clear();
+    aws.clock.advance(40 * MINUTE);
+    let (summary, _) = tick_with(&aws, &store, &ssm);
+    assert_eq!(summary.rotated, 1);
+    assert_eq!(aws.count_calls("PutParameter"), 3, "one overwrite each");
+    let second = aws.consistent_parameters("/concourse/alpha/dev");
+    assert!(first.iter().zip(&second).all(|(a, b)| a != b));
+    assert_eq!(
+        aws.parameters.borrow()["/concourse/alpha/dev-access-key"].1,
+        2
+    );
+}
+
+#[test]
+fn with_both_sinks_an_account_is_rotated_only_when_both_hold_it() {
+    let denied = FakeAws {
+        ssm_denied: true,
+        ..Default::default()
+    };
+    let store = MemoryStore::default().with("team/alpha", &team("alpha", &[("dev", "ci")]));
+    let both = into(SecretSink::Both);
+    let (summary, events) = tick_with(&denied, &store, &both);
+    assert_eq!(summary.failed, ["alpha/dev (AccessDeniedException)"]);
+    assert!(event_lines(&events).contains("[not written: /concourse/alpha/dev-access-key (ssm)"));
+    denied.consistent_triple("/concourse/alpha/dev");
+    let dev = &state(&store, "alpha").accounts["dev"];
+    assert!(dev.incomplete);
+    assert_eq!(
+        dev.sinks.keys().copied().collect::<Vec<_>>(),
+        [Sink::SecretsManager]
+    );
+
+    let aws = FakeAws {
+        secrets: RefCell::new(denied.secrets.borrow().clone()),
+        issued: Cell::new(denied.issued.get()),
+        ..Default::default()
+    };
+    aws.clock.advance(MINUTE);
+    let (summary, _) = tick_with(&aws, &store, &both);
+    assert_eq!(summary.rotated, 1);
+    let in_secrets = aws.consistent_triple("/concourse/alpha/dev");
+    assert_eq!(
+        in_secrets,
+        aws.consistent_parameters("/concourse/alpha/dev")
+    );
+    let dev = &state(&store, "alpha").accounts["dev"];
+    assert_eq!(dev.sinks.len(), 2);
+}
+
+#[test]
+fn names_parameter_store_would_refuse_fail_their_account_before_sts() {
+    let aws = FakeAws::default();
+    let store = MemoryStore::default()
+        .with("team/awsteam", &team("awsteam", &[("dev", "ci")]))
+        .with("team/beta", &team("beta", &[("lab", "ci")]));
+    let rules = RotationRules {
+        template: "/{{.Team}}/{{.Account}}".parse().unwrap(),
+        ..into(SecretSink::Ssm)
+    };
+    let (summary, events) = tick_with(&aws, &store, &rules);
+    assert_eq!(summary.failed, ["awsteam/dev (SecretPath)"]);
+    assert!(event_lines(&events).contains(r#"must not start with \"aws\" or \"ssm\""#));
+    assert_eq!(summary.rotated, 1);
+    assert_eq!(aws.count_calls("AssumeRole"), 1);
 }
