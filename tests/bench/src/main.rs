@@ -116,6 +116,8 @@ struct Mode {
     paced: bool,
     /// The fake's write quota per second.
     quota: Option<usize>,
+    /// Measure the second tick of this `spin up`, not the first.
+    warm_up: bool,
 }
 
 /// One tick and all that was measured about it.
@@ -151,17 +153,23 @@ impl Tick {
     }
 
     /// One line for the progress log on stderr.
-    fn summary(&self, accounts: usize) -> String {
-        let result = match (&self.measured.outcome, self.wall_s(accounts)) {
-            (_, Ok(wall)) => format!("wall {wall:.3} s"),
-            (Outcome::Finished { elapsed_ms, .. }, Err(why)) => format!("{elapsed_ms} ms, {why}"),
-            (Outcome::NotRun(_), Err(why)) => why,
+    fn summary(&self) -> String {
+        let result = match &self.measured.outcome {
+            Outcome::Finished {
+                elapsed_ms,
+                rotated,
+                failed,
+                deferred,
+            } => {
+                format!("{elapsed_ms} ms: {rotated} rotated, {failed} failed, {deferred} deferred")
+            }
+            Outcome::NotRun(why) => format!("did not run: {why}"),
         };
         let commits = self
             .commits
             .map_or(String::new(), |c| format!(", {} store commits", c.during));
         format!(
-            "{result}, {} AWS calls, CPU {:.2} s{commits}",
+            "{result}; {} AWS calls, CPU {:.2} s{commits}",
             self.fake.calls(),
             self.measured.cpu.as_secs_f64()
         )
@@ -218,6 +226,7 @@ impl Bench {
                 runtime_config: &runtime_config,
                 key_values: &key_values,
                 env,
+                warm_up: mode.warm_up,
             })
             .await?;
         let commits = matches!(mode.store, Store::Sqlite { .. }).then(|| {
@@ -230,7 +239,7 @@ impl Bench {
             measured,
             commits,
         };
-        eprintln!("    {}", tick.summary(self.args.accounts));
+        eprintln!("    {}", tick.summary());
         Ok(tick)
     }
 
@@ -243,6 +252,7 @@ impl Bench {
             register: true,
             paced: false,
             quota: None,
+            warm_up: false,
         };
         self.tick(label, mode).await
     }
@@ -371,7 +381,8 @@ async fn latency_mode(bench: &mut Bench, report: &mut Report) -> anyhow::Result<
     Ok(ticks.pop().context("a latency tick")?.state_dir)
 }
 
-/// The tick right after, on the same store: every account fresh.
+/// The tick right after, on the same store: every account fresh. It runs in a new
+/// `spin up`, after one unmeasured idle tick there, so that its process is warm.
 async fn idle_mode(
     bench: &mut Bench,
     report: &mut Report,
@@ -386,6 +397,7 @@ async fn idle_mode(
         register: false,
         paced: false,
         quota: None,
+        warm_up: true,
     };
     let idle = bench.tick("idle", mode).await?;
     let wall_ms = match &idle.measured.outcome {
@@ -461,6 +473,7 @@ async fn quota_mode(bench: &mut Bench, report: &mut Report) -> anyhow::Result<()
         register: true,
         paced: true,
         quota: Some(AWS_WRITE_QUOTA),
+        warm_up: false,
     };
     let tick = bench.tick("quota", mode).await?;
     let floor = tick.fake.writes as f64 / DEFAULT_PACE;

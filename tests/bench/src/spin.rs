@@ -6,9 +6,11 @@
 //! slowest tick would overlap the tick being measured. A manifest whose
 //! `cron_expression` names one second of the day (`S M H * * *`, UTC) runs exactly one
 //! tick in this `spin up`; the tick after it (the idle tick) runs in a second `spin up`
-//! on the same state. The second is chosen far enough ahead for Spin to start (both
-//! trigger processes ready, their components compiled); if Spin was not ready a second
-//! before it, the attempt is abandoned before it fires and retried with a longer lead.
+//! on the same state, after one unmeasured idle tick of its own, so that it runs in a
+//! process that has run a tick before, as every tick but the first does in production.
+//! The second is chosen far enough ahead for Spin to start (both trigger processes
+//! ready, their components compiled); if Spin was not ready a second before it, the
+//! attempt is abandoned before it fires and retried with a longer lead.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -73,14 +75,22 @@ impl App {
         })
     }
 
-    /// Writes `spin.toml` into `dir` with every cron trigger firing once, at `fire_at`.
-    fn write(&self, dir: &Path, fire_at: DateTime<Utc>) -> anyhow::Result<PathBuf> {
+    /// Writes `spin.toml` into `dir` with every cron trigger firing once at each of
+    /// `fires` (one trigger table per time: a cron expression cannot name two seconds
+    /// in different minutes without also naming their cross product).
+    fn write(&self, dir: &Path, fires: &[SystemTime]) -> anyhow::Result<PathBuf> {
         let mut manifest = self.manifest.clone();
-        let expression = fire_at.format("%S %M %H * * *").to_string();
         if let Some(triggers) = manifest["trigger"]["cron"].as_array_of_tables_mut() {
-            for trigger in triggers.iter_mut() {
-                trigger.insert("cron_expression", toml_edit::value(&expression));
+            let mut scheduled = toml_edit::ArrayOfTables::new();
+            for trigger in triggers.iter() {
+                for fire in fires {
+                    let at = DateTime::<Utc>::from(*fire).format("%S %M %H * * *");
+                    let mut trigger = trigger.clone();
+                    trigger.insert("cron_expression", toml_edit::value(at.to_string()));
+                    scheduled.push(trigger);
+                }
             }
+            *triggers = scheduled;
         }
         let path = dir.join("spin.toml");
         std::fs::write(&path, manifest.to_string())?;
@@ -105,7 +115,12 @@ pub struct Launch<'a> {
     pub key_values: &'a [String],
     /// `SPIN_VARIABLE_*` and the store's own (the shim).
     pub env: Vec<(String, String)>,
+    /// Run one unmeasured tick first, [`WARM_UP_GAP`] before the measured one.
+    pub warm_up: bool,
 }
+
+/// How long before the measured tick the warm-up tick fires: ample for an idle tick.
+const WARM_UP_GAP: Duration = Duration::from_secs(2);
 
 /// What the component reported for its tick.
 #[derive(Debug, Clone)]
@@ -133,6 +148,17 @@ pub struct Measured {
     pub window_us: (u64, u64),
 }
 
+impl Measured {
+    fn not_run(why: String) -> Self {
+        Self {
+            outcome: Outcome::NotRun(why),
+            cpu: Duration::ZERO,
+            peak_rss_kib: None,
+            window_us: (0, 0),
+        }
+    }
+}
+
 /// Runs ticks one `spin up` at a time, learning how long Spin takes to start.
 pub struct Runner {
     app: App,
@@ -154,18 +180,36 @@ impl Runner {
         }
     }
 
-    /// Starts `spin up`, lets its one tick run, measures it and stops Spin.
+    /// Starts `spin up`, lets its tick run (after the warm-up tick, if asked), measures
+    /// it and stops Spin.
     pub async fn tick(&mut self, launch: &Launch<'_>) -> anyhow::Result<Measured> {
         for _ in 0..4 {
-            let fire_at = next_second(SystemTime::now() + self.lead);
-            let fire = Instant::now() + fire_at.duration_since(SystemTime::now())?;
-            let mut spin = Spin::start(&self.app, launch, fire_at).await?;
-            let ready_by = fire - Duration::from_secs(1);
+            let first = next_second(SystemTime::now() + self.lead);
+            let mut fires = vec![first];
+            if launch.warm_up {
+                fires.push(first + WARM_UP_GAP);
+            }
+            let to_instant = |time: SystemTime| {
+                let ahead = time.duration_since(SystemTime::now()).unwrap_or_default();
+                Instant::now() + ahead
+            };
+            let (first, measured) = (to_instant(first), to_instant(fires[fires.len() - 1]));
+            let mut spin = Spin::start(&self.app, launch, &fires).await?;
+            let ready_by = first - Duration::from_secs(1);
             match spin.wait_ready(self.app.has_http_trigger, ready_by).await? {
                 Some(startup) => {
                     self.lead = (startup * 2 + Duration::from_secs(1))
                         .clamp(Duration::from_secs(3), Duration::from_secs(60));
-                    return spin.measure(fire, self.tick_timeout).await;
+                    // The warm-up tick must be over before the measured one's window.
+                    if launch.warm_up {
+                        let warm_up = spin.next_outcome(measured - SETTLE).await;
+                        if !matches!(warm_up, Some(Outcome::Finished { .. })) {
+                            spin.stop().await;
+                            let why = format!("the warm-up tick did not finish: {warm_up:?}");
+                            return Ok(Measured::not_run(why));
+                        }
+                    }
+                    return spin.measure(measured, self.tick_timeout).await;
                 }
                 None => {
                     spin.stop().await;
@@ -181,7 +225,7 @@ impl Runner {
     }
 }
 
-/// The first whole second at or after `time`.
+/// The first whole second after `time`.
 fn next_second(time: SystemTime) -> SystemTime {
     let since = time
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -202,8 +246,8 @@ struct Spin {
 }
 
 impl Spin {
-    async fn start(app: &App, launch: &Launch<'_>, fire_at: SystemTime) -> anyhow::Result<Self> {
-        let manifest = app.write(launch.dir, DateTime::<Utc>::from(fire_at))?;
+    async fn start(app: &App, launch: &Launch<'_>, fires: &[SystemTime]) -> anyhow::Result<Self> {
+        let manifest = app.write(launch.dir, fires)?;
         let mut command = tokio::process::Command::new("spin");
         command
             .arg("up")
@@ -311,17 +355,13 @@ impl Spin {
         let from_us = epoch_us(SystemTime::now());
         let cpu_before = procfs::cpu_time(&procfs::tree(self.pid));
         let deadline = fire + tick_timeout;
-        let outcome = loop {
-            let Some(line) = self.next_line(deadline).await else {
-                break Outcome::NotRun(if Instant::now() >= deadline {
-                    format!("no tick_finished within {} s", tick_timeout.as_secs())
-                } else {
-                    format!("spin up exited:\n{}", self.tail())
-                });
-            };
-            if let Some(outcome) = outcome_of(&line) {
-                break outcome;
-            }
+        let outcome = match self.next_outcome(deadline).await {
+            Some(outcome) => outcome,
+            None if Instant::now() >= deadline => Outcome::NotRun(format!(
+                "no tick_finished within {} s",
+                tick_timeout.as_secs()
+            )),
+            None => Outcome::NotRun(format!("spin up exited:\n{}", self.tail())),
         };
         // The lease is given back after tick_finished.
         tokio::time::sleep(SETTLE).await;
@@ -334,6 +374,16 @@ impl Spin {
         };
         self.stop().await;
         Ok(measured)
+    }
+
+    /// The component's next verdict on a tick, unless `deadline` comes first or Spin
+    /// has closed its outputs.
+    async fn next_outcome(&mut self, deadline: Instant) -> Option<Outcome> {
+        loop {
+            if let Some(outcome) = outcome_of(&self.next_line(deadline).await?) {
+                return Some(outcome);
+            }
+        }
     }
 
     /// The last lines Spin printed, without anything the fake issued as a secret.
