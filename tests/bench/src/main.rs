@@ -431,35 +431,50 @@ async fn idle_mode(
     Ok(())
 }
 
-/// Reports a latency-mode tick on another store as `<prefix>_wall_s`/`<prefix>_ratio`;
-/// `None` when the mode was skipped.
-fn store_variant(
-    bench: &Bench,
-    report: &mut Report,
+/// A latency-mode tick on another store than plain SQLite.
+struct Variant {
+    label: &'static str,
+    /// The JSON keys of its wall time and ratio.
     keys: [&'static str; 2],
-    label: &str,
-    tick: Option<Tick>,
-) {
-    let wall = tick.as_ref().map(|t| t.wall_s(bench.n()));
+    /// What a `lease_busy` outcome means on this store.
+    lease_busy: &'static str,
+}
+
+const SLOW_DISK: Variant = Variant {
+    label: "slow disk (SQLite, every fsync/fdatasync of spin up delayed 5 ms)",
+    keys: ["spin_slow_disk_wall_s", "spin_slow_disk_ratio"],
+    lease_busy: "",
+};
+
+const REDIS: Variant = Variant {
+    label: "Redis store",
+    keys: ["spin_redis_wall_s", "spin_redis_ratio"],
+    lease_busy: " (Spin's Redis CAS bug, issue #10: every compare-and-swap reports failure)",
+};
+
+/// Reports a variant's tick (`None`: skipped) against the latency floor.
+fn report_variant(bench: &Bench, report: &mut Report, variant: &Variant, tick: Option<Tick>) {
+    let label = variant.label;
     let floor = bench.floor_s();
-    match (&tick, &wall) {
-        (Some(tick), Some(Ok(wall))) => report.line(format!(
+    let wall = tick.as_ref().and_then(|t| t.wall_s(bench.n()).ok());
+    match (&tick, wall) {
+        (None, _) => report.line(format!("{label}: skipped")),
+        (Some(tick), Some(wall)) => report.line(format!(
             "{label}: wall {wall:.3} s, ratio {:.3}{}",
             wall / floor,
             tick.commits
                 .map_or(String::new(), |c| format!(", {} store commits", c.during))
         )),
-        (_, Some(Err(why))) if why.ends_with("lease_busy") && label.starts_with("Redis") => {
-            report.line(format!(
-                "{label}: {why} (Spin's Redis CAS bug, issue #10: every compare-and-swap reports failure)"
-            ))
+        (Some(tick), None) => {
+            let busy =
+                matches!(&tick.measured.outcome, Outcome::NotRun(why) if why == "lease_busy");
+            let note = if busy { variant.lease_busy } else { "" };
+            let why = tick.wall_s(bench.n()).err().unwrap_or_default();
+            report.line(format!("{label}: {why}{note}"));
         }
-        (_, Some(Err(why))) => report.line(format!("{label}: {why}")),
-        _ => report.line(format!("{label}: skipped")),
     }
-    let wall = wall.and_then(Result::ok);
-    report.set_f64(keys[0], wall, 3);
-    report.set_f64(keys[1], wall.map(|w| w / floor), 3);
+    report.set_f64(variant.keys[0], wall, 3);
+    report.set_f64(variant.keys[1], wall.map(|w| w / floor), 3);
 }
 
 /// The fake enforces AWS's write quota; the component paces itself at its default.
@@ -537,13 +552,7 @@ async fn bench(mut args: Args, root: &Path) -> anyhow::Result<()> {
         };
         Some(bench.latency_tick("slow-disk", store).await?)
     };
-    store_variant(
-        &bench,
-        &mut report,
-        ["spin_slow_disk_wall_s", "spin_slow_disk_ratio"],
-        "slow disk (SQLite, every fsync/fdatasync of spin up delayed 5 ms)",
-        slow,
-    );
+    report_variant(&bench, &mut report, &SLOW_DISK, slow);
 
     let redis = if bench.args.skip_redis {
         None
@@ -555,13 +564,7 @@ async fn bench(mut args: Args, root: &Path) -> anyhow::Result<()> {
         };
         Some(bench.latency_tick("redis", store).await?)
     };
-    store_variant(
-        &bench,
-        &mut report,
-        ["spin_redis_wall_s", "spin_redis_ratio"],
-        "Redis store",
-        redis,
-    );
+    report_variant(&bench, &mut report, &REDIS, redis);
 
     if bench.args.skip_quota {
         report.line("quota mode: skipped".into());

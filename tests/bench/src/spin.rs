@@ -439,3 +439,59 @@ fn outcome_of(line: &str) -> Option<Outcome> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_are_read_from_the_component_lines_only() {
+        let finished = r#"{"time":"2026-11-28T00:08:50Z","level":"info","event":"tick_finished","accounts":5,"rotated":4,"skipped":0,"deferred":0,"failed":1,"invalid_teams":0,"elapsed_ms":13}"#;
+        assert!(matches!(
+            outcome_of(finished),
+            Some(Outcome::Finished {
+                elapsed_ms: 13,
+                rotated: 4,
+                failed: 1,
+                deferred: 0
+            })
+        ));
+        let busy = r#"{"time":"t","level":"warn","event":"lease_busy","holder":null}"#;
+        assert!(matches!(outcome_of(busy), Some(Outcome::NotRun(why)) if why == "lease_busy"));
+        let failed = r#"{"event":"tick_failed","error":"aws_region: bad"}"#;
+        assert!(
+            matches!(outcome_of(failed), Some(Outcome::NotRun(why)) if why == "tick_failed: aws_region: bad")
+        );
+        for other in [
+            r#"{"event":"tick_started","teams":1}"#,
+            "2026-11-28T00:08:50Z ERROR trigger_cron: Component concourse-sts failed: Error::Other(\"{x}\")",
+            "Serving http://127.0.0.1:3000",
+        ] {
+            assert!(outcome_of(other).is_none(), "{other}");
+        }
+    }
+
+    #[test]
+    fn the_manifest_copy_runs_from_anywhere_and_fires_once_per_time() {
+        let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../spin.toml");
+        let app = App::load(&project).unwrap();
+        assert!(app.cron_source.is_absolute());
+        let dir = std::env::temp_dir().join(format!("bench-manifest-test.{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000); // 08:00:00 UTC
+        let path = app.write(&dir, &[at, at + WARM_UP_GAP]).unwrap();
+        let copy: toml_edit::DocumentMut = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let expressions: Vec<_> = copy["trigger"]["cron"]
+            .as_array_of_tables()
+            .unwrap()
+            .iter()
+            .map(|t| t["cron_expression"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(expressions, ["00 00 08 * * *", "02 00 08 * * *"]);
+        for (_, component) in copy["component"].as_table().unwrap() {
+            assert!(component.get("build").is_none());
+            assert!(Path::new(component["source"].as_str().unwrap()).is_absolute());
+        }
+    }
+}

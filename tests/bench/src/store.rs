@@ -134,3 +134,35 @@ impl RedisServer {
 pub fn sqlite_file(state_dir: &Path) -> PathBuf {
     state_dir.join(SQLITE_FILE)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_syncs_of_the_database_file_in_the_window_are_commits() {
+        let dir = std::env::temp_dir().join(format!("bench-commits-test.{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("syncs.log");
+        let db = "/s/sqlite_key_value.db";
+        let lines = [
+            format!("1000000 7 fsync {db}"), // before the window
+            "2000000 7 fsync /s/sqlite_key_value.db-journal".into(), // the journal
+            format!("2000000 7 fdatasync {db}"),
+            "2000000 7 fsync /s".into(), // the folder
+            format!("3000000 8 fsync {db}"),
+            format!("9000000 8 fsync {db}"), // after the window
+            "garbage".into(),
+        ];
+        std::fs::write(&log, lines.join("\n")).unwrap();
+        let commits = count_commits(&log, Path::new(db), (2_000, 3_000));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            commits,
+            Commits {
+                before: 1,
+                during: 2
+            }
+        );
+    }
+}
