@@ -294,6 +294,14 @@ impl Report {
     }
 }
 
+/// The one-minute load average: the figures mean little on a busy machine.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
+}
+
 fn median(mut values: Vec<f64>) -> Option<f64> {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied()
@@ -521,6 +529,7 @@ async fn bench(mut args: Args, root: &Path) -> anyhow::Result<()> {
     let wasm_bytes = std::fs::metadata(&args.cargo_wasm)
         .with_context(|| format!("{} (scripts/bench builds it)", args.cargo_wasm.display()))?
         .len();
+    let load_at_start = load_average();
     let mut report = Report::default();
     report.line(format!(
         "component: {} ({} bytes); cargo's {}: wasm_bytes {wasm_bytes}, {} the 1 MiB bound (1048576)",
@@ -575,6 +584,11 @@ async fn bench(mut args: Args, root: &Path) -> anyhow::Result<()> {
         quota_mode(&mut bench, &mut report).await?;
     }
 
+    report.line(format!(
+        "machine: {} cores, load average {load_at_start} at the start, {} at the end",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average()
+    ));
     for line in &report.lines {
         println!("{line}");
     }
