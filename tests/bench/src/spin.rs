@@ -164,19 +164,18 @@ pub struct Runner {
     app: App,
     /// How far ahead of `spin up`'s start the trigger fires.
     lead: Duration,
-    /// The longest a tick may take before it counts as hung.
-    pub tick_timeout: Duration,
 }
 
 /// How long after its outcome line a tick is given to release its lease.
 const SETTLE: Duration = Duration::from_millis(300);
+/// The longest a tick may take before it counts as hung.
+const TICK_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl Runner {
     pub fn new(app: App) -> Self {
         Self {
             app,
             lead: Duration::from_secs(5),
-            tick_timeout: Duration::from_secs(600),
         }
     }
 
@@ -209,7 +208,7 @@ impl Runner {
                             return Ok(Measured::not_run(why));
                         }
                     }
-                    return spin.measure(measured, self.tick_timeout).await;
+                    return spin.measure(measured).await;
                 }
                 None => {
                     spin.stop().await;
@@ -349,17 +348,17 @@ impl Spin {
     }
 
     /// Measures the tick that fires at `fire`, then stops Spin.
-    async fn measure(mut self, fire: Instant, tick_timeout: Duration) -> anyhow::Result<Measured> {
+    async fn measure(mut self, fire: Instant) -> anyhow::Result<Measured> {
         // Start-up is over; what the tree does from here on is the tick.
         tokio::time::sleep_until((fire - SETTLE).into()).await;
         let from_us = epoch_us(SystemTime::now());
         let cpu_before = procfs::cpu_time(&procfs::tree(self.pid));
-        let deadline = fire + tick_timeout;
+        let deadline = fire + TICK_TIMEOUT;
         let outcome = match self.next_outcome(deadline).await {
             Some(outcome) => outcome,
             None if Instant::now() >= deadline => Outcome::NotRun(format!(
                 "no tick_finished within {} s",
-                tick_timeout.as_secs()
+                TICK_TIMEOUT.as_secs()
             )),
             None => Outcome::NotRun(format!("spin up exited:\n{}", self.tail())),
         };
