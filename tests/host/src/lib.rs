@@ -1,7 +1,7 @@
 //! A small wasmtime host that runs the concourse-sts component the way Spin's cron
 //! trigger does: WASI 0.2, outgoing `wasi:http`, Spin's key-value store and variables,
-//! and a call to `handle-cron-event` per tick. The integration tests, `scripts/demo` and
-//! `scripts/bench` all run the real `.wasm` through it.
+//! and a call to `handle-cron-event` per tick. The integration tests and `scripts/demo`
+//! run the real `.wasm` through it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -18,7 +18,6 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-pub mod fake_aws;
 mod outbound;
 
 wasmtime::component::bindgen!({
@@ -319,7 +318,6 @@ pub struct Host {
     key_value: KeyValue,
     variables: Arc<HashMap<String, String>>,
     clock_offset: Duration,
-    quiet: bool,
     /// Shared by every instance, as Spin shares its outbound connection pool.
     outbound: outbound::PooledHttp,
 }
@@ -358,15 +356,8 @@ impl Host {
             key_value,
             variables: Arc::new(variables),
             clock_offset: Duration::ZERO,
-            quiet: false,
             outbound: outbound::PooledHttp::default(),
         })
-    }
-
-    /// Discards what the component prints (the benchmark's ticks log thousands of lines).
-    pub fn quiet(mut self) -> Self {
-        self.quiet = true;
-        self
     }
 
     /// Runs every later tick as if it were `offset` in the future.
@@ -380,11 +371,9 @@ impl Host {
     }
 
     fn wasi_context(&self) -> WasiCtx {
-        let mut builder = WasiCtx::builder();
-        if !self.quiet {
-            builder.inherit_stdout().inherit_stderr();
-        }
-        builder
+        WasiCtx::builder()
+            .inherit_stdout()
+            .inherit_stderr()
             .wall_clock(ShiftedWallClock(self.clock_offset))
             .build()
     }
