@@ -39,8 +39,8 @@ struct FakeAws {
     tokens: RefCell<Vec<(String, String)>>,
     /// Secret writes never answer (a host about to be stopped).
     hang_writes: bool,
-    /// Parameter Store: each parameter's value, version and tags.
-    parameters: RefCell<BTreeMap<String, (String, u64, Vec<String>)>>,
+    /// Parameter Store's parameters by name.
+    parameters: RefCell<BTreeMap<String, Parameter>>,
     /// Parameter Store refuses every write (a rotator without the SSM policy).
     ssm_denied: bool,
 }
@@ -66,6 +66,9 @@ impl Default for FakeAws {
         }
     }
 }
+
+/// A parameter: its value, version and tags.
+type Parameter = (String, u64, Vec<String>);
 
 /// Returns `Pending` once, so that concurrent requests really interleave.
 struct YieldOnce(bool);
