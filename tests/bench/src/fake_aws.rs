@@ -1,5 +1,5 @@
-//! A fast fake of STS and Secrets Manager for the benchmark: answers `AssumeRole` with
-//! well-formed credentials and every Secrets Manager write with success, after a fixed
+//! A fast fake of STS, Secrets Manager and Parameter Store for the benchmark: answers
+//! `AssumeRole` with well-formed credentials and every write with success, after a fixed
 //! latency. With a quota it enforces Secrets Manager's 50 writes per second the way AWS
 //! does, answering `ThrottlingException` beyond it. It checks no signature: the
 //! integration tests do that against moto. It runs in a child process of the benchmark,
@@ -101,7 +101,9 @@ impl Fake {
     }
 
     async fn aws(&self, request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-        let is_write = request.headers().contains_key("x-amz-target");
+        let target = request.headers().get("x-amz-target").cloned();
+        let is_write = target.is_some();
+        let is_parameter = target.is_some_and(|t| t.as_bytes().starts_with(b"AmazonSSM."));
         let body = request
             .into_body()
             .collect()
@@ -118,6 +120,9 @@ impl Fake {
                 );
             }
             self.counters.writes.fetch_add(1, Ordering::Relaxed);
+            if is_parameter {
+                return reply(200, r#"{"Version":1,"Tier":"Standard"}"#.into());
+            }
             return reply(200, r#"{"ARN":"arn:aws:secretsmanager:us-east-1:123456789012:secret:bench-AbCdEf","Name":"bench","VersionId":"v"}"#.into());
         }
         self.counters.sts.fetch_add(1, Ordering::Relaxed);

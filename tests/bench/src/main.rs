@@ -8,6 +8,7 @@
 //! - idle: the tick right after, when every account is fresh;
 //! - slow disk: latency mode with every fsync/fdatasync of Spin delayed 5 ms;
 //! - Redis: latency mode with Redis as the store;
+//! - Parameter Store: latency mode writing into Parameter Store (`secret_sink = ssm`);
 //! - quota: the fake enforces 50 Secrets Manager writes per second, the component paces
 //!   at its default 40.
 //!
@@ -69,6 +70,9 @@ struct Args {
     /// Skip the Redis mode (and so the need for redis-server).
     #[arg(long)]
     skip_redis: bool,
+    /// Skip the Parameter Store mode.
+    #[arg(long)]
+    skip_ssm: bool,
     /// Internal: serve the fake AWS and print its port.
     #[arg(long, hide = true)]
     serve_fake: bool,
@@ -83,6 +87,8 @@ const SLOW_SYNC: Duration = Duration::from_millis(5);
 const AWS_WRITE_QUOTA: usize = 50;
 /// The component's default write pace (`secretsmanager_writes_per_second`).
 const DEFAULT_PACE: f64 = 40.0;
+/// `secret_sink` of every mode but the Parameter Store one.
+const SECRETS_MANAGER: &str = "secretsmanager";
 
 /// `--key-value` pairs registering `accounts` accounts in teams of 10.
 fn teams(accounts: usize) -> Vec<String> {
@@ -114,6 +120,8 @@ struct Mode {
     register: bool,
     /// Pace writes at the component's default instead of lifting the pace.
     paced: bool,
+    /// `secret_sink`: where the credentials go.
+    sink: &'static str,
     /// The fake's write quota per second.
     quota: Option<usize>,
     /// Measure the second tick of this `spin up`, not the first.
@@ -207,6 +215,11 @@ impl Bench {
                 "SECRETSMANAGER_WRITES_PER_SECOND",
                 if mode.paced { "" } else { "0" }.to_owned(),
             ),
+            (
+                "SSM_WRITES_PER_SECOND",
+                if mode.paced { "" } else { "0" }.to_owned(),
+            ),
+            ("SECRET_SINK", mode.sink.to_owned()),
         ]
         .into_iter()
         .map(|(name, value)| (format!("SPIN_VARIABLE_{name}"), value))
@@ -243,14 +256,20 @@ impl Bench {
         Ok(tick)
     }
 
-    /// A latency-mode tick (write pacing lifted) on a fresh store.
-    async fn latency_tick(&mut self, label: &str, store: Store) -> anyhow::Result<Tick> {
+    /// A latency-mode tick (write pacing lifted) on a fresh store, into `sink`.
+    async fn latency_tick(
+        &mut self,
+        label: &str,
+        store: Store,
+        sink: &'static str,
+    ) -> anyhow::Result<Tick> {
         let state_dir = self.root.join(format!("state-{}", self.ticks + 1));
         let mode = Mode {
             store,
             state_dir,
             register: true,
             paced: false,
+            sink,
             quota: None,
             warm_up: false,
         };
@@ -322,7 +341,7 @@ async fn latency_mode(bench: &mut Bench, report: &mut Report) -> anyhow::Result<
         let store = Store::Sqlite {
             sync_delay: Duration::ZERO,
         };
-        ticks.push(bench.latency_tick("sqlite", store).await?);
+        ticks.push(bench.latency_tick("sqlite", store, SECRETS_MANAGER).await?);
     }
     // Figures only when every tick rotated every account.
     let complete = ticks.iter().all(|t| t.wall_s(n).is_ok());
@@ -404,6 +423,7 @@ async fn idle_mode(
         state_dir,
         register: false,
         paced: false,
+        sink: SECRETS_MANAGER,
         quota: None,
         warm_up: true,
     };
@@ -460,6 +480,12 @@ const REDIS: Variant = Variant {
     lease_busy: " (Spin's Redis CAS bug, issue #10: every compare-and-swap reports failure)",
 };
 
+const SSM: Variant = Variant {
+    label: "Parameter Store sink (secret_sink=ssm, SQLite store, its pace lifted)",
+    keys: ["spin_ssm_wall_s", "spin_ssm_ratio"],
+    lease_busy: "",
+};
+
 /// Reports a variant's tick (`None`: skipped) against the latency floor.
 fn report_variant(bench: &Bench, report: &mut Report, variant: &Variant, tick: Option<Tick>) {
     let label = variant.label;
@@ -495,6 +521,7 @@ async fn quota_mode(bench: &mut Bench, report: &mut Report) -> anyhow::Result<()
         state_dir: bench.root.join("state-quota"),
         register: true,
         paced: true,
+        sink: SECRETS_MANAGER,
         quota: Some(AWS_WRITE_QUOTA),
         warm_up: false,
     };
@@ -559,7 +586,7 @@ async fn bench(mut args: Args, root: &Path) -> anyhow::Result<()> {
         let store = Store::Sqlite {
             sync_delay: SLOW_SYNC,
         };
-        Some(bench.latency_tick("slow-disk", store).await?)
+        Some(bench.latency_tick("slow-disk", store, SECRETS_MANAGER).await?)
     };
     report_variant(&bench, &mut report, &SLOW_DISK, slow);
 
@@ -571,9 +598,20 @@ async fn bench(mut args: Args, root: &Path) -> anyhow::Result<()> {
         let store = Store::Redis {
             url: server.url.clone(),
         };
-        Some(bench.latency_tick("redis", store).await?)
+        Some(bench.latency_tick("redis", store, SECRETS_MANAGER).await?)
     };
     report_variant(&bench, &mut report, &REDIS, redis);
+
+    let ssm = if bench.args.skip_ssm {
+        None
+    } else {
+        eprintln!("Parameter Store");
+        let store = Store::Sqlite {
+            sync_delay: Duration::ZERO,
+        };
+        Some(bench.latency_tick("ssm", store, "ssm").await?)
+    };
+    report_variant(&bench, &mut report, &SSM, ssm);
 
     if bench.args.skip_quota {
         report.line("quota mode: skipped".into());
