@@ -40,11 +40,14 @@ impl Transport for SpinTransport {
     }
 }
 
-/// What the host's error code means for the caller.
-fn transport_error(code: ErrorCode) -> TransportError {
-    let text = format!("ErrorCode::{code:?}");
+/// What the host's error code means for the caller; `destination` names where the
+/// request was going.
+fn transport_error(code: ErrorCode, destination: &str) -> TransportError {
+    let text = format!("{code:?}");
     match code {
-        ErrorCode::HttpRequestDenied => TransportError::Refused(text),
+        ErrorCode::HttpRequestDenied => {
+            TransportError::Refused(format!("{text} for {destination}"))
+        }
         ErrorCode::ConnectionTimeout
         | ErrorCode::ConnectionReadTimeout
         | ErrorCode::ConnectionWriteTimeout => TransportError::Timeout(text),
@@ -60,6 +63,12 @@ async fn send_with_options(
     use spin_sdk::http::conversions::TryIntoOutgoingRequest;
     use spin_sdk::wit::wasi::http0_2_0::{outgoing_handler, types};
     let failed = |what: &str| TransportError::Connection(format!("sending the request: {what}"));
+    let destination = format!(
+        "{}://{}",
+        request.uri().scheme_str().unwrap_or("http"),
+        request.uri().authority().map_or("", |a| a.as_str())
+    );
+    let transport_error = |code| transport_error(code, &destination);
     let (outgoing, body) = request
         .try_into_outgoing_request()
         .map_err(|e| failed(&e.to_string()))?;
