@@ -1,13 +1,12 @@
-# Shared by scripts/build, scripts/test, scripts/demo and scripts/bench: install what is
-# missing, build what is stale. Everything it installs comes from crates.io, PyPI, rustup
-# or Debian's packages (binaryen, for wasm-opt).
+# Shared by scripts/test, scripts/demo, scripts/bench and scripts/register-team: install
+# what is missing, build what is stale. Everything it installs comes from crates.io, PyPI
+# or rustup.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
-# The release component, optimized: what spin.toml loads and every test runs.
-WASM="$ROOT/target/concourse-sts.wasm"
-# What cargo builds, before wasm-opt.
-CARGO_WASM="$ROOT/target/wasm32-wasip2/release/concourse_sts.wasm"
+# The release component: what `spin build` writes, spin.toml loads and every test runs.
+WASM="$ROOT/target/wasm32-wasip2/release/concourse_sts.wasm"
+CARGO_WASM="$WASM"
 HOST="$ROOT/target/host/concourse-sts-host"
 
 step() { printf '\n==> %s\n' "$*" >&2; }
@@ -32,31 +31,11 @@ ensure_python_env() {
     cp "$ROOT/tests/requirements.txt" "$stamp"
 }
 
-# binaryen's wasm-opt, from Debian's packages when it is missing.
-ensure_wasm_opt() {
-    if command -v wasm-opt >/dev/null; then
-        return
-    fi
-    if ! command -v apt-get >/dev/null; then
-        echo "wasm-opt is missing: install binaryen (e.g. brew install binaryen)" >&2
-        exit 1
-    fi
-    step "installing binaryen (wasm-opt) from Debian's packages"
-    local sudo=""
-    [ "$(id -u)" = 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq binaryen >/dev/null
-}
-
-# cargo's component, then wasm-opt over its core module: $WASM.
+# What `spin build` runs (spin.toml's build command): $WASM.
 build_component() {
     ensure_wasm_target
-    ensure_wasm_opt
     step "building the component (release, wasm32-wasip2)"
     cargo build --manifest-path "$ROOT/Cargo.toml" --release --target wasm32-wasip2 -p concourse-sts
-    step "optimizing it with wasm-opt"
-    cargo build --manifest-path "$ROOT/Cargo.toml" --profile host -p concourse-sts-optimize
-    "$ROOT/target/host/concourse-sts-optimize" "$CARGO_WASM" "$WASM"
 }
 
 build_host() {

@@ -20,7 +20,7 @@ from pathlib import Path
 import boto3
 
 ROOT = Path(__file__).resolve().parents[2]
-WASM = ROOT / "target" / "concourse-sts.wasm"
+WASM = ROOT / "target" / "wasm32-wasip2" / "release" / "concourse_sts.wasm"
 HOST = ROOT / "target" / "host" / "concourse-sts-host"
 IAM_DIR = ROOT / "deploy" / "iam"
 REGION = "us-east-1"

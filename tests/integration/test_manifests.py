@@ -46,10 +46,12 @@ def test_spin_toml_is_a_complete_spin_3_manifest():
     assert len(cron["cron_expression"].split()) == 6, "seconds first: five fields stop the host"
     [http] = manifest["trigger"]["http"]
     assert http["component"] == "concourse-sts-api"
-    assert manifest["component"]["concourse-sts"]["build"]["command"] == "scripts/build"
-    build = (ROOT / "scripts" / "lib.sh").read_text()
-    assert "--release --target wasm32-wasip2 -p concourse-sts" in build
-    assert '"$ROOT/target/host/concourse-sts-optimize" "$CARGO_WASM" "$WASM"' in build
+    # `spin build` is a plain cargo build (no wasm-opt, no apt-get): it writes the file
+    # both components load.
+    build = manifest["component"]["concourse-sts"]["build"]
+    assert build["command"] == "cargo build --release --target wasm32-wasip2 -p concourse-sts"
+    assert set(build["watch"]) == {"src/**/*.rs", "wit/**/*.wit", "Cargo.toml"}
+    assert "build" not in manifest["component"]["concourse-sts-api"]
     secret = {name for name, v in manifest["variables"].items() if v.get("secret")}
     assert {"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "admin_token"} <= secret
 

@@ -21,7 +21,10 @@ use concourse_sts_host::{Host, KeyValue};
 #[command(about = "Run concourse-sts cron ticks in a wasmtime host")]
 struct Args {
     /// The component to run.
-    #[arg(long, default_value = "target/concourse-sts.wasm")]
+    #[arg(
+        long,
+        default_value = "target/wasm32-wasip2/release/concourse_sts.wasm"
+    )]
     wasm: PathBuf,
     /// A JSON file holding the key-value store ({"key": "value"}); created if missing.
     #[arg(long)]
