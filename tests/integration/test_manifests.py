@@ -81,6 +81,10 @@ def test_the_kubernetes_files_agree():
     assert job["spec"]["concurrencyPolicy"] == "Forbid"
 
 
-def test_the_local_runtime_config_is_the_embedded_store():
+def test_the_local_runtime_config_leaves_the_default_store_to_spin():
+    # With no [key_value_store.default] table, Spin keeps the store under --state-dir (or
+    # .spin/ beside spin.toml); a `type = "spin"` table's path would ignore --state-dir.
     config = load("runtime-config.toml")
-    assert config["key_value_store"]["default"] == {"type": "spin", "path": ".spin/sqlite_key_value.db"}
+    assert "key_value_store" not in config
+    text = (ROOT / "runtime-config.toml").read_text()
+    assert '# [key_value_store.default]\n# type = "redis"\n# url = "redis://' in text
