@@ -1,4 +1,4 @@
-"""The manifests users run, checked without Spin: spin.toml and the command-trigger
+"""The manifests users run, checked as files (the other tests run them): spin.toml and the command-trigger
 manifest reference only declared variables, schedule with six cron fields, load the
 component the build produces, and the SpinKube files agree with each other."""
 
@@ -7,7 +7,7 @@ import tomllib
 
 import yaml
 
-from emulator import ROOT, WASM
+from spin import ROOT, WASM
 
 TEMPLATE = re.compile(r"\{\{\s*([a-z0-9_]+)\s*\}\}")
 
