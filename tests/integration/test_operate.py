@@ -117,7 +117,7 @@ def test_the_command_entry_point_runs_the_same_rotation(aws):
     aws.enforce()
     kv = aws.tmp_path / "kv.json"
     kv.write_text(json.dumps({"team/alpha": json.dumps(team("alpha", account("dev", role)))}))
-    args = [str(HOST), "--wasm", str(WASM), "--kv", str(kv), "--command"]
+    args = [str(HOST), "--wasm", str(WASM), "--kv", str(kv)]
     env = {"PATH": os.environ["PATH"], **aws.variables(keys)}
     done = subprocess.run(args, env=env, capture_output=True, text=True, cwd=ROOT, timeout=120)
     aws.outputs.append(done.stdout + done.stderr)

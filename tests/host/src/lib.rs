@@ -1,21 +1,18 @@
-//! A small wasmtime host that runs the concourse-sts component the way Spin's cron
-//! trigger does: WASI 0.2, outgoing `wasi:http`, Spin's key-value store and variables,
-//! and a call to `handle-cron-event` per tick. The integration tests, `scripts/demo` and
-//! `scripts/bench` all run the real `.wasm` through it.
+//! A small wasmtime host for what the real Spin 3 cannot do: run the component's command
+//! entry point (`wasi:cli/run`; Spin 3 has no command trigger), and time single ticks for
+//! `scripts/bench`. It gives the component what Spin does: WASI 0.2, outgoing
+//! `wasi:http`, Spin's key-value store and variables. Cron ticks, the admin API and
+//! everything else are tested under the real `spin up` (tests/integration).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use wasmtime::component::{Component, Linker, Resource, ResourceTable};
 use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::p2::bindings::CommandPre;
-use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 pub mod fake_aws;
@@ -293,32 +290,13 @@ impl TickState {
     }
 }
 
-/// The real wall clock moved by a fixed offset, so tests can run a tick "later" without
-/// waiting: only the guest's idea of the date moves, timers run at normal speed.
-struct ShiftedWallClock(Duration);
-
-impl HostWallClock for ShiftedWallClock {
-    fn resolution(&self) -> Duration {
-        Duration::from_nanos(1)
-    }
-
-    fn now(&self) -> Duration {
-        let real = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        real + self.0
-    }
-}
-
-/// A compiled component, ready to run ticks.
+/// A compiled component, ready to run its command entry point or single ticks.
 pub struct Host {
     engine: Engine,
     pre: CronHostPre<TickState>,
     command: CommandPre<TickState>,
-    proxy: Option<ProxyPre<TickState>>,
     key_value: KeyValue,
     variables: Arc<HashMap<String, String>>,
-    clock_offset: Duration,
     quiet: bool,
     /// Shared by every instance, as Spin shares its outbound connection pool.
     outbound: outbound::PooledHttp,
@@ -347,17 +325,13 @@ impl Host {
         let pre = CronHostPre::new(instance_pre.clone())?;
         // wasmtime-wasi's own command world (wasi:cli@0.2.12), as Spin's command trigger
         // binds it: the component's wasi:cli/run@0.2.0 export is found by semver.
-        let command = CommandPre::new(instance_pre.clone())?;
-        // The admin API's handler, when the component exports one.
-        let proxy = ProxyPre::new(instance_pre).ok();
+        let command = CommandPre::new(instance_pre)?;
         Ok(Self {
             engine,
             pre,
             command,
-            proxy,
             key_value,
             variables: Arc::new(variables),
-            clock_offset: Duration::ZERO,
             quiet: false,
             outbound: outbound::PooledHttp::default(),
         })
@@ -366,12 +340,6 @@ impl Host {
     /// Discards what the component prints (the benchmark's ticks log thousands of lines).
     pub fn quiet(mut self) -> Self {
         self.quiet = true;
-        self
-    }
-
-    /// Runs every later tick as if it were `offset` in the future.
-    pub fn with_clock_offset(mut self, offset: Duration) -> Self {
-        self.clock_offset = offset;
         self
     }
 
@@ -384,9 +352,7 @@ impl Host {
         if !self.quiet {
             builder.inherit_stdout().inherit_stderr();
         }
-        builder
-            .wall_clock(ShiftedWallClock(self.clock_offset))
-            .build()
+        builder.build()
     }
 
     fn new_store(&self) -> Store<TickState> {
@@ -409,43 +375,9 @@ impl Host {
         Ok(command.wasi_cli_run().call_run(&mut store).await?)
     }
 
-    /// Answers one HTTP request with the component's `wasi:http/incoming-handler`, as
-    /// Spin's HTTP trigger does.
-    pub async fn handle_http(
-        &self,
-        request: hyper::Request<hyper::body::Incoming>,
-    ) -> anyhow::Result<hyper::Response<HyperOutgoingBody>> {
-        let proxy = self
-            .proxy
-            .clone()
-            .context("the component exports no HTTP handler")?;
-        let mut store = self.new_store();
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        let request = store
-            .data_mut()
-            .http()
-            .new_incoming_request(Scheme::Http, request)?;
-        let out = store.data_mut().http().new_response_outparam(sender)?;
-        let task = tokio::task::spawn(async move {
-            let instance = proxy.instantiate_async(&mut store).await?;
-            instance
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, request, out)
-                .await
-        });
-        match receiver.await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => Err(anyhow::anyhow!("the handler failed: {error:?}")),
-            Err(_) => match task.await {
-                Ok(Ok(())) => anyhow::bail!("the handler set no response"),
-                Ok(Err(trap)) => Err(anyhow::Error::from(trap).context("the handler trapped")),
-                Err(join) => Err(join.into()),
-            },
-        }
-    }
-
-    /// Runs one tick. The outer error is a trap or host failure; the inner one is what
-    /// the component's export returned.
+    /// Runs one tick, for the benchmark (the tests run ticks in the real Spin). The outer
+    /// error is a trap or host failure; the inner one is what the component's export
+    /// returned.
     pub async fn tick(&self, timestamp: u64) -> anyhow::Result<Result<(), String>> {
         let mut store = self.new_store();
         let instance = self.pre.instantiate_async(&mut store).await?;
