@@ -177,8 +177,7 @@ class Emulator:
     def node(self, name, runtime_config=None):
         """A Spin host of its own (state directory, logs), on the default SQLite store or
         the store `runtime_config` names."""
-        extra = {} if runtime_config is None else {"runtime_config": runtime_config}
-        node = SpinNode(self.spin, self.tmp_path / name, self.outputs, **extra)
+        node = SpinNode(self.spin, self.tmp_path / name, self.outputs, runtime_config)
         self.nodes.append(node)
         return node
 

@@ -49,7 +49,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,7 +61,8 @@ CRON_COMPONENT = "concourse-sts"
 API_COMPONENT = "concourse-sts-api"
 
 EVERY_SECOND = "* * * * * *"
-# Midnight on January 1st (the cron plugin takes no year field): never within a test.
+# Midnight on January 1st: never within a test. (The cron plugin takes no year field: a
+# seventh field stops spin up with "Error: ParseSchedule".)
 NEW_YEAR = "0 0 0 1 1 *"
 
 # The cron plugin's own lines (spinframework/spin-trigger-cron 0.3).
@@ -170,7 +171,6 @@ class Run:
     # Everything spin printed and the components logged (stdout and stderr) meanwhile.
     output: str
     trapped: bool = False
-    extra: dict = field(default_factory=dict)
 
     @property
     def returncode(self):
@@ -334,14 +334,14 @@ class SpinNode:
     """One Spin host: a directory with the manifest copy and spin's output, a state
     directory (store and component logs), and a runtime config."""
 
-    def __init__(self, spin, directory, outputs, runtime_config=RUNTIME_CONFIG):
+    def __init__(self, spin, directory, outputs, runtime_config=None):
         self.spin = spin
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.state = directory / "state"
         self.logs = self.state / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.runtime_config = runtime_config
+        self.runtime_config = runtime_config or RUNTIME_CONFIG
         # Everything printed, for the leak check.
         self.outputs = outputs
         self.processes = []
@@ -358,6 +358,9 @@ class SpinNode:
             args += ["--key-value", f"{key}={text}"]
         env = {name: os.environ[name] for name in PASSED_THROUGH if name in os.environ}
         env.update(variables)
+        # For the plugin's "Job scheduler started". Only its target: with RUST_LOG=spin=info
+        # the triggers' launch metadata (which spin up reads from their stderr as JSON) no
+        # longer parses, spin up then hands --listen to the cron trigger, and it refuses.
         env["RUST_LOG"] = "trigger_cron=info"
         if later_s:
             env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1"
