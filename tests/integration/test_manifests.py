@@ -1,6 +1,6 @@
-"""The manifests users run, checked as files (the other tests run them): spin.toml and the command-trigger
-manifest reference only declared variables, schedule with six cron fields, load the
-component the build produces, and the SpinKube files agree with each other."""
+"""The manifests users run, checked as files (the other tests run them): spin.toml and the
+command-trigger manifest reference only declared variables, schedule with six cron
+fields, load the component the build produces, and the SpinKube files agree."""
 
 import re
 import tomllib

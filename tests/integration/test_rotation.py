@@ -1,5 +1,5 @@
-"""The core rotation, end to end: the built .wasm in the project's host against moto_server
-with signature checking and IAM authorization on."""
+"""The core rotation, end to end: the built .wasm under `spin up` against moto_server with
+signature checking and IAM authorization on."""
 
 import json
 from datetime import datetime, timedelta, timezone
