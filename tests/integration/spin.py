@@ -386,18 +386,23 @@ class SpinNode:
             process.stop()
 
     def store(self):
-        """The default key-value store, {key: text} (read with spin stopped or running)."""
-        path = self.state / "sqlite_key_value.db"
-        if not path.exists():
-            return {}
-        with sqlite3.connect(path) as db:
-            rows = db.execute("SELECT key, value FROM spin_key_value WHERE store = 'default'").fetchall()
-        return {key: bytes(value).decode() for key, value in rows}
+        """The default key-value store, when it is Spin's SQLite under --state-dir."""
+        return sqlite_store(self.state / "sqlite_key_value.db")
 
     def delete(self, key):
         """Removes a key from the store, with spin stopped."""
         with sqlite3.connect(self.state / "sqlite_key_value.db") as db:
             db.execute("DELETE FROM spin_key_value WHERE store = 'default' AND key = ?", (key,))
+
+
+def sqlite_store(path):
+    """Spin's SQLite key-value database's default store, {key: text} (read with spin
+    stopped or running)."""
+    if not path.exists():
+        return {}
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT key, value FROM spin_key_value WHERE store = 'default'").fetchall()
+    return {key: bytes(value).decode() for key, value in rows}
 
 
 def start_in_time(nodes, variables, teams=(), raw=(), later_s=0):
