@@ -1,10 +1,16 @@
 """One full rotation against a local AWS emulator: the body of scripts/demo.
 
 Starts moto_server, creates the rotator identity with deploy/iam/rotator-policy.json and a
-CI role trusting it, turns on SigV4 and IAM checking, registers example-team, runs one
-cron tick of the real component in the project's host, then shows what Concourse will read.
+CI role trusting it, turns on SigV4 and IAM checking, then runs the built app the way the
+README does: `spin up --runtime-config-file runtime-config.toml --key-value
+"team/example-team=..."` with the settings in SPIN_VARIABLE_* (in a temporary state
+directory, from a copy of spin.toml that ticks a few seconds from now instead of every
+five minutes). Once the first tick has rotated, it stops Spin and shows what Concourse
+will read.
 """
 
+import json
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -12,33 +18,44 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
 
 from emulator import HOME_ACCOUNT, Emulator, account, start_moto_server, team  # noqa: E402
+from spin import find_spin  # noqa: E402
 
 
 def main():
+    spin, problem = find_spin()
+    if spin is None:
+        print(problem, file=sys.stderr)
+        return 1
     with tempfile.TemporaryDirectory() as work:
         with open(Path(work) / "moto.log", "w") as log:
             server, url = start_moto_server(log)
+            aws = Emulator(url, Path(work), spin)
             try:
-                return demo(url, Path(work))
+                return demo(aws)
             finally:
+                aws.close()
                 server.terminate()
                 server.wait(timeout=10)
 
 
-def demo(url, work):
-    print(f"AWS emulator (moto_server) on {url}, signature and IAM checks on")
-    aws = Emulator(url, work)
+def demo(aws):
+    print(f"AWS emulator (moto_server) on {aws.url}, signature and IAM checks on")
     role = aws.ci_role(HOME_ACCOUNT, "concourse-ci-example")
     keys = aws.rotator()
     aws.enforce()
     example = team("example-team", account("divx-lab", role, duration=3600))
-    print(f"registered team/example-team -> {role}\n")
-    run = aws.run(aws.variables(keys), [example])
-    print(run.stdout, end="")
-    print(run.stderr, end="")
-    if run.returncode != 0:
-        print("the tick failed", file=sys.stderr)
-        return run.returncode
+    variables = aws.variables(keys)
+    print(f"team/example-team -> {role}\n")
+    shown = {name: ("…" if "KEY" in name or "TOKEN" in name else value) for name, value in variables.items()}
+    print(" ".join(f"{name}={value}" for name, value in shown.items()))
+    print(f"spin up --runtime-config-file runtime-config.toml --key-value {shlex.quote('team/example-team=' + json.dumps(example))}")
+    print("  (from a copy of spin.toml that ticks a few seconds from now, with a temporary --state-dir)\n")
+    run = aws.run(variables, [example])
+    for event in run.events:
+        print(json.dumps(event, separators=(",", ":")))
+    if run.returncode != 0 or not run.rotated():
+        print(f"the tick did not rotate: {run.error}\n{run.output}", file=sys.stderr)
+        return 1
     path = "/concourse/example-team/divx-lab"
     triple = aws.triple(path)
     print("\nsecrets written (read back with boto3):")

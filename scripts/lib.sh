@@ -1,13 +1,12 @@
-# Shared by scripts/build, scripts/test, scripts/demo and scripts/bench: install what is
-# missing, build what is stale. Everything it installs comes from crates.io, PyPI, rustup
-# or Debian's packages (binaryen, for wasm-opt).
+# Shared by scripts/test, scripts/demo, scripts/bench and scripts/register-team: install
+# what is missing, build what is stale. Everything it installs comes from crates.io, PyPI,
+# rustup or Debian's packages; Spin itself comes from PATH or ../shared/spin/install.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
-# The release component, optimized: what spin.toml loads and every test runs.
-WASM="$ROOT/target/concourse-sts.wasm"
-# What cargo builds, before wasm-opt.
-CARGO_WASM="$ROOT/target/wasm32-wasip2/release/concourse_sts.wasm"
+# The release component: what `spin build` writes and spin.toml loads.
+WASM="$ROOT/target/wasm32-wasip2/release/concourse_sts.wasm"
+CARGO_WASM="$WASM"
 HOST="$ROOT/target/host/concourse-sts-host"
 
 step() { printf '\n==> %s\n' "$*" >&2; }
@@ -32,35 +31,68 @@ ensure_python_env() {
     cp "$ROOT/tests/requirements.txt" "$stamp"
 }
 
-# binaryen's wasm-opt, from Debian's packages when it is missing.
-ensure_wasm_opt() {
-    if command -v wasm-opt >/dev/null; then
-        return
+spin_has_cron() {
+    command -v spin >/dev/null && spin plugins list --installed 2>/dev/null | grep -q '^trigger-cron '
+}
+
+# `spin` with the cron trigger plugin on PATH: the one already there, else the Spin 3.5.0
+# and trigger-cron 0.3.0 beside the checkout (../shared/spin/install, as on CI). Without
+# either there is no real host to test on, and that is a failure, not a skip.
+ensure_spin() {
+    if ! spin_has_cron && [ -x "$ROOT/../shared/spin/install" ]; then
+        step "installing Spin and the cron trigger plugin from ../shared/spin"
+        local exports
+        exports="$("$ROOT/../shared/spin/install")"
+        eval "$exports"
     fi
-    if ! command -v apt-get >/dev/null; then
-        echo "wasm-opt is missing: install binaryen (e.g. brew install binaryen)" >&2
+    if ! spin_has_cron; then
+        local found="no spin on PATH"
+        command -v spin >/dev/null && found="$(spin --version) has no trigger-cron plugin"
+        cat >&2 <<MSG
+error: the tests and the demo run the component in the real Spin, and $found.
+Install Spin 3.x (tested with 3.5.0) from https://github.com/spinframework/spin/releases,
+then its cron trigger (tested with 0.3.0):
+  spin plugins install --url https://github.com/spinframework/spin-trigger-cron/releases/download/v0.3.0/trigger-cron.json
+Spin 4 users: the cron trigger's successor is in https://github.com/spinframework/spin-trigger-plugins.
+MSG
         exit 1
     fi
-    step "installing binaryen (wasm-opt) from Debian's packages"
+    step "using $(spin --version) with $(spin plugins list --installed | grep '^trigger-cron ')"
+}
+
+# Debian packages the integration tests start: redis-server (two nodes on one store) and
+# faketime (a `spin up` running later). Installed with apt-get when missing.
+ensure_test_packages() {
+    local missing=()
+    command -v redis-server >/dev/null || missing+=(redis-server)
+    command -v faketime >/dev/null || missing+=(faketime)
+    [ ${#missing[@]} -eq 0 ] && return
+    if ! command -v apt-get >/dev/null; then
+        echo "error: the integration tests need ${missing[*]}: install them with your package manager" >&2
+        exit 1
+    fi
+    step "installing ${missing[*]} from Debian's packages"
     local sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"
     $sudo apt-get update -qq
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq binaryen >/dev/null
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
-# cargo's component, then wasm-opt over its core module: $WASM.
+# What `spin build` runs (spin.toml's build command): $WASM, for callers without Spin.
 build_component() {
     ensure_wasm_target
-    ensure_wasm_opt
     step "building the component (release, wasm32-wasip2)"
     cargo build --manifest-path "$ROOT/Cargo.toml" --release --target wasm32-wasip2 -p concourse-sts
-    step "optimizing it with wasm-opt"
-    cargo build --manifest-path "$ROOT/Cargo.toml" --profile host -p concourse-sts-optimize
-    "$ROOT/target/host/concourse-sts-optimize" "$CARGO_WASM" "$WASM"
+}
+
+# `spin build`, as users build the app (after ensure_spin).
+spin_build() {
+    ensure_wasm_target
+    step "spin build"
+    (cd "$ROOT" && spin build)
 }
 
 build_host() {
-    step "building the wasmtime host (profile host)"
+    step "building the wasmtime command host (profile host)"
     cargo build --manifest-path "$ROOT/Cargo.toml" --profile host -p concourse-sts-host
 }
-

@@ -1,5 +1,5 @@
 """The AWS world of the integration tests and the demo: moto_server on 127.0.0.1, an
-independent boto3 client, and runs of the project's host with the built .wasm.
+independent boto3 client, and runs of the built .wasm in the real Spin (spin.py).
 
 Each world is built with moto's authorization off, then `enforce()` turns SigV4 and IAM
 checking on (moto's /moto-api/reset-auth) before the component runs, so every request
@@ -8,19 +8,19 @@ the component makes is signature-checked and authorized against the rotator's po
 
 import json
 import os
-import socket
+import shutil
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
 
-ROOT = Path(__file__).resolve().parents[2]
-WASM = ROOT / "target" / "concourse-sts.wasm"
+from spin import ROOT, SpinNode, free_port
+
+# The wasmtime host, for what Spin 3 cannot run: the command entry point (wasi:cli/run).
 HOST = ROOT / "target" / "host" / "concourse-sts-host"
 IAM_DIR = ROOT / "deploy" / "iam"
 REGION = "us-east-1"
@@ -31,9 +31,7 @@ ROTATOR_USER = "concourse-sts"
 
 def start_moto_server(log):
     """Starts moto_server on a free loopback port; returns (process, url)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="0")
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
@@ -81,30 +79,18 @@ def rotator_policy():
     return json.dumps(document)
 
 
-@dataclass
-class Run:
-    """One host run: exit status, the component's JSON log lines, everything printed."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-    events: list = field(default_factory=list)
-
-    def of(self, kind):
-        return [e for e in self.events if e.get("event") == kind]
-
-    def rotated(self):
-        return {(e["team"], e["account"]) for e in self.of("account_rotated")}
-
-
 class Emulator:
-    """The AWS world of one test, and the runs of the host in it."""
+    """The AWS world of one test, and the Spin nodes that run the component in it."""
 
-    def __init__(self, url, tmp_path):
+    def __init__(self, url, tmp_path, spin=None):
         self.url = url
         self.tmp_path = tmp_path
-        self.kv = tmp_path / "kv.json"
+        self.spin = spin or shutil.which("spin")
+        # Everything spin printed, the components logged and the API answered.
         self.outputs = []
+        self.nodes = []
+        # The node of `run` and `serve`: one machine running `spin up` again and again.
+        self.main = self.node("spin")
         self.rotator_secrets = []
         # Whom the CI roles trust: the documented rotator user unless the test makes
         # the rotator a role session (moto checks trust policies within an account).
@@ -188,25 +174,23 @@ class Emulator:
         env.update({f"SPIN_VARIABLE_{k.upper()}": v for k, v in extra.items()})
         return env
 
-    def run(self, variables, teams=(), raw=(), ticks=1, interval_ms=0, later_s=0):
-        """Runs the host: `teams` are documents registered under team/<name>, `raw` are
-        (key, text) pairs stored as they are; `later_s` runs the tick that many seconds
-        in the component's future."""
-        args = [str(HOST), "--wasm", str(WASM), "--kv", str(self.kv), "--ticks", str(ticks)]
-        args += ["--interval-ms", str(interval_ms), "--clock-offset", str(later_s)]
-        entries = [(f"team/{t['name']}", json.dumps(t)) for t in teams] + list(raw)
-        for key, text in entries:
-            args += ["--key-value", f"{key}={text}"]
-        env = {"PATH": os.environ.get("PATH", ""), **variables}
-        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
-        run = Run(done.returncode, done.stdout, done.stderr)
-        for line in done.stdout.splitlines():
-            try:
-                run.events.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
-        self.outputs.append(done.stdout + done.stderr)
-        return run
+    def node(self, name, runtime_config=None):
+        """A Spin host of its own (state directory, logs), on the default SQLite store or
+        the store `runtime_config` names."""
+        node = SpinNode(self.spin, self.tmp_path / name, self.outputs, runtime_config)
+        self.nodes.append(node)
+        return node
+
+    def run(self, variables, teams=(), raw=(), later_s=0):
+        """One tick in a fresh `spin up` of the main node: `teams` are documents registered
+        under team/<name>, `raw` are (key, text) pairs stored as they are; `later_s` runs
+        the tick that many seconds in the host's future."""
+        return self.main.run(variables, teams, raw, later_s)
+
+    def close(self):
+        """Stops every `spin up` still running."""
+        for node in self.nodes:
+            node.stop_all()
 
     def secret(self, name):
         sm = self.admin_client("secretsmanager")
@@ -222,23 +206,14 @@ class Emulator:
         """Who the credentials in a triple are, according to STS."""
         return self.client("sts", *triple).get_caller_identity()["Arn"]
 
-    def serve(self, variables):
-        """Starts the host serving the admin API; returns (process, base URL). The caller
-        stops it with `stop_serving`, which records its output for the leak check."""
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        args = [str(HOST), "--wasm", str(WASM), "--kv", str(self.kv), "--serve", f"127.0.0.1:{port}"]
-        env = {"PATH": os.environ.get("PATH", ""), **variables}
-        server = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-        first = server.stdout.readline()
-        assert first.startswith("listening on"), first
-        return server, f"http://127.0.0.1:{port}"
+    def serve(self, variables, **options):
+        """Starts `spin up` on the main node and waits until the admin API answers;
+        returns (process, base URL). The caller stops it with `stop_serving`."""
+        process = self.main.serve(variables, **options)
+        return process, process.url
 
-    def stop_serving(self, server):
-        server.terminate()
-        output, _ = server.communicate(timeout=10)
-        self.outputs.append(output)
+    def stop_serving(self, process):
+        process.stop()
 
     def request(self, method, url, token=None, body=None):
         """One HTTP request; returns (status, parsed JSON or None). Answers are kept for
@@ -255,8 +230,8 @@ class Emulator:
         return status, (json.loads(text) if text else None)
 
     def store(self):
-        """The key-value store as the host left it."""
-        return json.loads(self.kv.read_text())
+        """The main node's key-value store, {key: text}."""
+        return self.main.store()
 
     def secret_names(self):
         sm = self.admin_client("secretsmanager")

@@ -1,4 +1,4 @@
-"""A fault-injecting HTTP proxy between the host and moto_server.
+"""A fault-injecting HTTP proxy between the component (under `spin up`) and moto_server.
 
 Each request is forwarded to moto unchanged (so signatures still verify) unless the seeded
 random draw picks a fault: HTTP 500/503, throttling in the shape of the protocol asked

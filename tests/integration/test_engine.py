@@ -5,6 +5,7 @@ import json
 
 from emulator import HOME_ACCOUNT, OTHER_ACCOUNT, account, team
 from faults import FaultProxy
+from spin import EVERY_SECOND
 
 MINUTES = 60
 
@@ -36,7 +37,7 @@ def test_accounts_rotate_only_when_due_and_the_log_says_why(aws):
     with FaultProxy(aws.url) as proxy:
         variables = aws.variables(keys, aws_endpoint_url=proxy.url)
         first = aws.run(variables, teams)
-        assert first.returncode == 0, first.stdout
+        assert first.returncode == 0, first.output
         calls_after_first = proxy.forwarded
         values = {path: aws.triple(path) for path in PATHS}
 
@@ -68,9 +69,7 @@ def test_a_removed_team_loses_its_state_and_keeps_its_secrets(aws):
     keys = aws.rotator()
     aws.enforce()
     assert aws.run(aws.variables(keys), teams).returncode == 0
-    store = aws.store()
-    del store["team/beta"]
-    aws.kv.write_text(json.dumps(store))
+    aws.main.delete("team/beta")
     run = aws.run(aws.variables(keys))
     assert [e["team"] for e in run.of("team_removed")] == ["beta"]
     assert "state/beta" not in aws.store()
@@ -81,17 +80,24 @@ def test_overlapping_ticks_never_interleave_writes(aws):
     teams = three_accounts(aws)
     keys = aws.rotator()
     aws.enforce()
-    # Every request takes 0.4 s, so one tick lasts well over a second, and the host starts
-    # a new tick every 0.2 s regardless, as the cron trigger does.
-    with FaultProxy(aws.url, kinds=["latency"], rate=1.0, latency=0.4) as proxy:
-        run = aws.run(aws.variables(keys, aws_endpoint_url=proxy.url), teams, ticks=4, interval_ms=200)
-    assert run.returncode == 0, run.stderr
-    assert "trapped" not in run.stderr
-    assert len(run.of("lease_busy")) == 3
-    assert len(run.of("tick_started")) == 1
+    # Every request takes a second, so the rotating tick lasts at least three (AssumeRole,
+    # then PutSecretValue and CreateSecret), and Spin starts a new tick every second
+    # regardless.
+    with FaultProxy(aws.url, kinds=["latency"], rate=1.0, latency=1.0) as proxy:
+        node = aws.main.start(aws.variables(keys, aws_endpoint_url=proxy.url), teams, schedule=EVERY_SECOND)
+        node.wait_for(lambda: any(e["event"] == "tick_finished" for e in node.events()), "a finished tick", 240)
+        run = node.finish()
+    assert not run.trapped, run.output
+    finished = next(i for i, e in enumerate(run.events) if e["event"] == "tick_finished")
+    first_tick = run.events[: finished + 1]
+    assert run.of("tick_started")[0] == run.events[0], "the first tick took the lease"
+    assert [e["event"] for e in first_tick].count("tick_started") == 1
+    assert [e["event"] for e in first_tick].count("lease_busy") >= 2
+    assert first_tick[-1]["rotated"] == 3
     assert sorted((e["team"], e["account"]) for e in run.of("account_rotated")) == [
         ("alpha", "dev"), ("alpha", "prod"), ("beta", "lab"),
     ]
+    assert run.errors == [], run.output
     assert_all_working(aws)
 
 
@@ -105,8 +111,8 @@ def test_thirty_percent_faults_end_consistent_within_a_few_ticks(aws):
         for tick in range(8):
             run = aws.run(variables, teams if tick == 0 else ())
             runs.append(run)
-            assert run.returncode in (0, 1), run.stderr
-            assert "trapped" not in run.stderr
+            assert run.returncode in (0, 1), run.output
+            assert not run.trapped, run.output
             if run.returncode == 0 and not run.of("account_rotated") and tick > 0:
                 break
     assert proxy.injected, "no fault was injected"
@@ -127,7 +133,7 @@ def test_the_json_format_holds_a_working_set_in_one_secret(aws):
     keys = aws.rotator()
     aws.enforce()
     run = aws.run(aws.variables(keys, secret_format="both"), teams)
-    assert run.returncode == 0, run.stdout
+    assert run.returncode == 0, run.output
     document = json.loads(aws.secret("/concourse/alpha/dev"))
     triple = (document["access_key_id"], document["secret_access_key"], document["session_token"])
     assert triple == aws.triple("/concourse/alpha/dev")

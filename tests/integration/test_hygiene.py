@@ -27,8 +27,8 @@ def test_every_fault_class_is_reported_without_a_trap_or_a_leak(aws, kind):
     with FaultProxy(aws.url, kinds=[kind], rate=1.0) as proxy:
         variables = aws.variables(keys, aws_endpoint_url=proxy.url, request_timeout="2s")
         run = aws.run(variables, [team("alpha", account("dev", role))])
-    assert run.returncode == 1, run.stderr
-    assert "trapped" not in run.stderr
+    assert run.returncode == 1, run.output
+    assert not run.trapped, run.output
     [failure] = run.of("account_failed")
     assert failure["stage"] == "assume_role"
     assert failure.get("code") == EXPECTED_CODES[kind]
@@ -75,5 +75,5 @@ def test_latency_is_only_slower(aws):
     aws.enforce()
     with FaultProxy(aws.url, kinds=["latency"], rate=1.0, latency=0.1) as proxy:
         run = aws.run(aws.variables(keys, aws_endpoint_url=proxy.url), [team("alpha", account("dev", role))])
-    assert run.returncode == 0, run.stdout
+    assert run.returncode == 0, run.output
     assert aws.caller(aws.triple("/concourse/alpha/dev")).endswith("assumed-role/concourse-ci/alpha")

@@ -1,5 +1,5 @@
 """Hostile input: no team document, name or template reaches another team's secrets, and
-the operator's role allow-list and a team's external id hold."""
+the operator's role allow-list, a team's external id and Spin's allowed_outbound_hosts hold."""
 
 import json
 
@@ -73,5 +73,22 @@ def test_an_external_id_is_sent_to_sts(aws):
     wrong = aws.run(aws.variables(keys), [team("alpha", account("dev", role, externalId="guess-1234"))])
     assert [e["code"] for e in wrong.of("account_failed")] == ["AccessDenied"]
     right = aws.run(aws.variables(keys), [team("alpha", account("dev", role, externalId="example-team-7d3c"))])
-    assert right.returncode == 0, right.stdout
+    assert right.returncode == 0, right.output
     assert aws.caller(aws.triple("/concourse/alpha/dev")).endswith("assumed-role/concourse-ci/alpha")
+
+
+def test_an_endpoint_outside_allowed_outbound_hosts_is_refused_by_spin(aws):
+    role = aws.ci_role(HOME_ACCOUNT)
+    keys = aws.rotator()
+    aws.enforce()
+    # 127.0.0.2 is loopback too, but spin.toml admits only 127.0.0.1 and localhost.
+    denied = "http://127.0.0.2:" + aws.url.rsplit(":", 1)[1]
+    run = aws.run(aws.variables(keys, aws_endpoint_url=denied), [team("alpha", account("dev", role))])
+    assert run.returncode == 1, run.output
+    assert "1 of 1 accounts failed: alpha/dev" in run.error
+    [failure] = run.of("account_failed")
+    assert (failure["stage"], failure["role_arn"]) == ("assume_role", role)
+    assert "HttpRequestDenied" in failure["error"], failure
+    assert f"disallowed destination '{denied}'" in run.output
+    assert f"allowed_outbound_hosts = [\"{denied}\"]" in run.output
+    assert aws.secret_names() == []

@@ -1,13 +1,13 @@
-"""The manifests users run, checked without Spin: spin.toml and the command-trigger
-manifest reference only declared variables, schedule with six cron fields, load the
-component the build produces, and the SpinKube files agree with each other."""
+"""The manifests users run, checked as files (the other tests run them): spin.toml and the
+command-trigger manifest reference only declared variables, schedule with six cron
+fields, load the component the build produces, and the SpinKube files agree."""
 
 import re
 import tomllib
 
 import yaml
 
-from emulator import ROOT, WASM
+from spin import ROOT, WASM
 
 TEMPLATE = re.compile(r"\{\{\s*([a-z0-9_]+)\s*\}\}")
 
@@ -46,10 +46,12 @@ def test_spin_toml_is_a_complete_spin_3_manifest():
     assert len(cron["cron_expression"].split()) == 6, "seconds first: five fields stop the host"
     [http] = manifest["trigger"]["http"]
     assert http["component"] == "concourse-sts-api"
-    assert manifest["component"]["concourse-sts"]["build"]["command"] == "scripts/build"
-    build = (ROOT / "scripts" / "lib.sh").read_text()
-    assert "--release --target wasm32-wasip2 -p concourse-sts" in build
-    assert '"$ROOT/target/host/concourse-sts-optimize" "$CARGO_WASM" "$WASM"' in build
+    # `spin build` is a plain cargo build (no wasm-opt, no apt-get): it writes the file
+    # both components load.
+    build = manifest["component"]["concourse-sts"]["build"]
+    assert build["command"] == "cargo build --release --target wasm32-wasip2 -p concourse-sts"
+    assert set(build["watch"]) == {"src/**/*.rs", "wit/**/*.wit", "Cargo.toml"}
+    assert "build" not in manifest["component"]["concourse-sts-api"]
     secret = {name for name, v in manifest["variables"].items() if v.get("secret")}
     assert {"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "admin_token"} <= secret
 
@@ -79,6 +81,10 @@ def test_the_kubernetes_files_agree():
     assert job["spec"]["concurrencyPolicy"] == "Forbid"
 
 
-def test_the_local_runtime_config_is_the_embedded_store():
+def test_the_local_runtime_config_leaves_the_default_store_to_spin():
+    # With no [key_value_store.default] table, Spin keeps the store under --state-dir (or
+    # .spin/ beside spin.toml); a `type = "spin"` table's path would ignore --state-dir.
     config = load("runtime-config.toml")
-    assert config["key_value_store"]["default"] == {"type": "spin", "path": ".spin/sqlite_key_value.db"}
+    assert "key_value_store" not in config
+    text = (ROOT / "runtime-config.toml").read_text()
+    assert '# [key_value_store.default]\n# type = "redis"\n# url = "redis://' in text

@@ -1,5 +1,6 @@
-"""Operating it: the admin API through the project's host with real HTTP requests, the
-command entry point, and scripts/register-team."""
+"""Operating it: the admin API served by `spin up` with real HTTP requests, the command
+entry point (in the wasmtime host: Spin 3 has no command trigger), and
+scripts/register-team."""
 
 import json
 import os
@@ -7,7 +8,8 @@ import subprocess
 
 import pytest
 
-from emulator import HOME_ACCOUNT, ROOT, account, team
+from emulator import HOME_ACCOUNT, HOST, account, team
+from spin import EVERY_SECOND, ROOT, WASM
 
 TOKEN = "test-admin-token-5b1e"
 
@@ -90,12 +92,32 @@ def test_rotate_now_and_status(aws, api):
     assert [(o["event"], o["account"]) for o in body["outcomes"]] == [("account_skipped", "dev")]
 
 
+def test_one_spin_up_serves_the_api_and_rotates_on_schedule(aws):
+    role = aws.ci_role(HOME_ACCOUNT)
+    keys = aws.rotator()
+    aws.enforce()
+    server, url = aws.serve(aws.variables(keys, admin_token=TOKEN), schedule=EVERY_SECOND)
+    try:
+        document = team("alpha", account("dev", role))
+        assert aws.request("PUT", f"{url}/teams/alpha", TOKEN, json.dumps(document)) == (201, {"team": "alpha", "accounts": 1})
+        rotated = lambda: [e for e in server.events() if e["event"] == "account_rotated"]
+        [event] = server.wait_for(rotated, "a tick rotating the team registered through the API", 120)
+        assert (event["team"], event["account"], event["reason"]) == ("alpha", "dev", "never_written")
+        status, body = aws.request("GET", f"{url}/teams/alpha/status", TOKEN)
+        assert status == 200
+        assert body["accounts"][0]["last_written"] and body["accounts"][0]["consecutive_failures"] == 0
+    finally:
+        aws.stop_serving(server)
+    assert aws.caller(aws.triple("/concourse/alpha/dev")).endswith("assumed-role/concourse-ci/alpha")
+
+
 def test_the_command_entry_point_runs_the_same_rotation(aws):
     role = aws.ci_role(HOME_ACCOUNT)
     keys = aws.rotator()
     aws.enforce()
-    aws.kv.write_text(json.dumps({"team/alpha": json.dumps(team("alpha", account("dev", role)))}))
-    args = [str(ROOT / "target/host/concourse-sts-host"), "--kv", str(aws.kv), "--command"]
+    kv = aws.tmp_path / "kv.json"
+    kv.write_text(json.dumps({"team/alpha": json.dumps(team("alpha", account("dev", role)))}))
+    args = [str(HOST), "--wasm", str(WASM), "--kv", str(kv)]
     env = {"PATH": os.environ["PATH"], **aws.variables(keys)}
     done = subprocess.run(args, env=env, capture_output=True, text=True, cwd=ROOT, timeout=120)
     aws.outputs.append(done.stdout + done.stderr)

@@ -1,46 +1,39 @@
-//! A small wasmtime host that runs the concourse-sts component the way Spin's cron
-//! trigger does: WASI 0.2, outgoing `wasi:http`, Spin's key-value store and variables,
-//! and a call to `handle-cron-event` per tick. The integration tests and `scripts/demo`
-//! run the real `.wasm` through it.
+//! A small wasmtime host for what the real Spin 3 cannot do: run the component's command
+//! entry point (`wasi:cli/run`; Spin 3 has no command trigger). It gives the component
+//! what Spin does: WASI 0.2, outgoing `wasi:http`, Spin's variables and its key-value
+//! store through `wasi:keyvalue`. Cron ticks, the admin API and everything else are tested
+//! under the real `spin up` (tests/integration).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use wasmtime::component::{Component, Linker, Resource, ResourceTable};
 use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::p2::bindings::CommandPre;
-use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 mod outbound;
 
 wasmtime::component::bindgen!({
     path: "wit",
-    world: "cron-host",
-    exports: { default: async },
+    world: "command-host",
     with: {
-        "fermyon:spin/key-value.store": KeyValueHandle,
         "wasi:keyvalue/store.bucket": KeyValueHandle,
         "wasi:keyvalue/atomics.cas": CasHandle,
     },
 });
 
-use fermyon::spin::{key_value, variables};
-use fermyon::spin_cron::cron_types::Error as CronError;
-use wasi::keyvalue::{atomics, store as wasi_store};
+use fermyon::spin::variables;
+use wasi::keyvalue::{atomics, batch, store as wasi_store};
 
 /// The key-value store, shared by every tick of one host the way Spin shares its default
 /// store between invocations.
 pub type KeyValue = Arc<Mutex<BTreeMap<String, Vec<u8>>>>;
 
-/// The guest's handle to an open store; only `default` exists. Spin's key-value interface
-/// and `wasi:keyvalue` reach the same store, as they do in Spin.
+/// The guest's handle to an open store; only `default` exists.
 pub struct KeyValueHandle;
 
 /// A compare-and-swap in progress: the key and the value it held when it began.
@@ -92,55 +85,6 @@ impl variables::Host for TickState {
             .get(&name)
             .cloned()
             .ok_or(variables::Error::Undefined(name))
-    }
-}
-
-impl key_value::Host for TickState {}
-
-impl key_value::HostStore for TickState {
-    fn open(&mut self, label: String) -> Result<Resource<KeyValueHandle>, key_value::Error> {
-        self.open_default(&label)
-            .map_err(|e| e.map_or(key_value::Error::NoSuchStore, key_value::Error::Other))
-    }
-
-    fn get(
-        &mut self,
-        _: Resource<KeyValueHandle>,
-        key: String,
-    ) -> Result<Option<Vec<u8>>, key_value::Error> {
-        Ok(self.entries().get(&key).cloned())
-    }
-
-    fn set(
-        &mut self,
-        _: Resource<KeyValueHandle>,
-        key: String,
-        value: Vec<u8>,
-    ) -> Result<(), key_value::Error> {
-        self.entries().insert(key, value);
-        Ok(())
-    }
-
-    fn delete(&mut self, _: Resource<KeyValueHandle>, key: String) -> Result<(), key_value::Error> {
-        self.entries().remove(&key);
-        Ok(())
-    }
-
-    fn exists(
-        &mut self,
-        _: Resource<KeyValueHandle>,
-        key: String,
-    ) -> Result<bool, key_value::Error> {
-        Ok(self.entries().contains_key(&key))
-    }
-
-    fn get_keys(&mut self, _: Resource<KeyValueHandle>) -> Result<Vec<String>, key_value::Error> {
-        Ok(self.entries().keys().cloned().collect())
-    }
-
-    fn drop(&mut self, handle: Resource<KeyValueHandle>) -> wasmtime::Result<()> {
-        self.table.delete(handle)?;
-        Ok(())
     }
 }
 
@@ -200,6 +144,42 @@ impl wasi_store::HostBucket for TickState {
 
     fn drop(&mut self, handle: Resource<KeyValueHandle>) -> wasmtime::Result<()> {
         self.table.delete(handle)?;
+        Ok(())
+    }
+}
+
+impl batch::Host for TickState {
+    /// Answers only the keys found, as Spin's SQLite store does.
+    fn get_many(
+        &mut self,
+        _: Resource<KeyValueHandle>,
+        keys: Vec<String>,
+    ) -> Result<Vec<(String, Option<Vec<u8>>)>, wasi_store::Error> {
+        let entries = self.entries();
+        Ok(keys
+            .into_iter()
+            .filter_map(|key| entries.get(&key).map(|v| (key, Some(v.clone()))))
+            .collect())
+    }
+
+    fn set_many(
+        &mut self,
+        _: Resource<KeyValueHandle>,
+        key_values: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), wasi_store::Error> {
+        self.entries().extend(key_values);
+        Ok(())
+    }
+
+    fn delete_many(
+        &mut self,
+        _: Resource<KeyValueHandle>,
+        keys: Vec<String>,
+    ) -> Result<(), wasi_store::Error> {
+        let mut entries = self.entries();
+        for key in keys {
+            entries.remove(&key);
+        }
         Ok(())
     }
 }
@@ -274,8 +254,8 @@ impl atomics::HostCas for TickState {
 }
 
 impl TickState {
-    /// Opens the one store there is, for both key-value interfaces: `Err(None)` for any
-    /// other label, `Err(Some(reason))` when the handle cannot be made.
+    /// Opens the one store there is: `Err(None)` for any other label, `Err(Some(reason))`
+    /// when the handle cannot be made.
     fn open_default(&mut self, label: &str) -> Result<Resource<KeyValueHandle>, Option<String>> {
         if label != "default" {
             return Err(None);
@@ -292,32 +272,12 @@ impl TickState {
     }
 }
 
-/// The real wall clock moved by a fixed offset, so tests can run a tick "later" without
-/// waiting: only the guest's idea of the date moves, timers run at normal speed.
-struct ShiftedWallClock(Duration);
-
-impl HostWallClock for ShiftedWallClock {
-    fn resolution(&self) -> Duration {
-        Duration::from_nanos(1)
-    }
-
-    fn now(&self) -> Duration {
-        let real = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        real + self.0
-    }
-}
-
-/// A compiled component, ready to run ticks.
+/// A compiled component, ready to run its command entry point.
 pub struct Host {
     engine: Engine,
-    pre: CronHostPre<TickState>,
     command: CommandPre<TickState>,
-    proxy: Option<ProxyPre<TickState>>,
     key_value: KeyValue,
     variables: Arc<HashMap<String, String>>,
-    clock_offset: Duration,
     /// Shared by every instance, as Spin shares its outbound connection pool.
     outbound: outbound::PooledHttp,
 }
@@ -337,33 +297,21 @@ impl Host {
         let mut linker = Linker::<TickState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-        key_value::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
         variables::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
         wasi_store::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
         atomics::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+        batch::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
         let instance_pre = linker.instantiate_pre(&component)?;
-        let pre = CronHostPre::new(instance_pre.clone())?;
         // wasmtime-wasi's own command world (wasi:cli@0.2.12), as Spin's command trigger
         // binds it: the component's wasi:cli/run@0.2.0 export is found by semver.
-        let command = CommandPre::new(instance_pre.clone())?;
-        // The admin API's handler, when the component exports one.
-        let proxy = ProxyPre::new(instance_pre).ok();
+        let command = CommandPre::new(instance_pre)?;
         Ok(Self {
             engine,
-            pre,
             command,
-            proxy,
             key_value,
             variables: Arc::new(variables),
-            clock_offset: Duration::ZERO,
             outbound: outbound::PooledHttp::default(),
         })
-    }
-
-    /// Runs every later tick as if it were `offset` in the future.
-    pub fn with_clock_offset(mut self, offset: Duration) -> Self {
-        self.clock_offset = offset;
-        self
     }
 
     pub fn key_value(&self) -> &KeyValue {
@@ -371,11 +319,7 @@ impl Host {
     }
 
     fn wasi_context(&self) -> WasiCtx {
-        WasiCtx::builder()
-            .inherit_stdout()
-            .inherit_stderr()
-            .wall_clock(ShiftedWallClock(self.clock_offset))
-            .build()
+        WasiCtx::builder().inherit_stdout().inherit_stderr().build()
     }
 
     fn new_store(&self) -> Store<TickState> {
@@ -396,51 +340,5 @@ impl Host {
         let mut store = self.new_store();
         let command = self.command.instantiate_async(&mut store).await?;
         Ok(command.wasi_cli_run().call_run(&mut store).await?)
-    }
-
-    /// Answers one HTTP request with the component's `wasi:http/incoming-handler`, as
-    /// Spin's HTTP trigger does.
-    pub async fn handle_http(
-        &self,
-        request: hyper::Request<hyper::body::Incoming>,
-    ) -> anyhow::Result<hyper::Response<HyperOutgoingBody>> {
-        let proxy = self
-            .proxy
-            .clone()
-            .context("the component exports no HTTP handler")?;
-        let mut store = self.new_store();
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        let request = store
-            .data_mut()
-            .http()
-            .new_incoming_request(Scheme::Http, request)?;
-        let out = store.data_mut().http().new_response_outparam(sender)?;
-        let task = tokio::task::spawn(async move {
-            let instance = proxy.instantiate_async(&mut store).await?;
-            instance
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, request, out)
-                .await
-        });
-        match receiver.await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => Err(anyhow::anyhow!("the handler failed: {error:?}")),
-            Err(_) => match task.await {
-                Ok(Ok(())) => anyhow::bail!("the handler set no response"),
-                Ok(Err(trap)) => Err(anyhow::Error::from(trap).context("the handler trapped")),
-                Err(join) => Err(join.into()),
-            },
-        }
-    }
-
-    /// Runs one tick. The outer error is a trap or host failure; the inner one is what
-    /// the component's export returned.
-    pub async fn tick(&self, timestamp: u64) -> anyhow::Result<Result<(), String>> {
-        let mut store = self.new_store();
-        let instance = self.pre.instantiate_async(&mut store).await?;
-        let result = instance
-            .call_handle_cron_event(&mut store, Metadata { timestamp })
-            .await?;
-        Ok(result.map_err(|CronError::Other(message)| message))
     }
 }

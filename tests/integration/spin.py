@@ -1,0 +1,423 @@
+"""The real Spin as the host of the integration tests and the demo.
+
+Every run is `spin up` as the README tells users: the project's own `spin.toml` and
+`runtime-config.toml`, teams registered with `--key-value`, settings in `SPIN_VARIABLE_*`
+environment variables (nothing else of the caller's environment but PATH, HOME and the
+like), the admin API served by the same `spin up`. Only the schedule differs: `spin up`
+loads a copy of the manifest whose `cron_expression` the test chooses (the copy names the
+built `.wasm` by its absolute path and has no build section, since it lives in a temporary
+directory).
+
+A node is one state directory: `--state-dir` holds Spin's default key-value store
+(`sqlite_key_value.db`, because runtime-config.toml leaves the default store to Spin) and
+the component logs (`logs/concourse-sts_stdout.txt` for the cron component,
+`logs/concourse-sts-api_stdout.txt` for the admin API). `spin up` can run on one node any
+number of times, as a machine restarting would; a node on Redis shares its store with
+other nodes.
+
+How a tick is delimited. The cron host starts a tick on schedule even while the previous
+one runs, and the component's log lines carry no tick identifier, so a run that must see
+exactly one tick gets a schedule that fires once a minute, at a second computed when
+`spin up` starts (`S * * * * *`, S a little ahead). The cron plugin logs "Job scheduler
+started" (at info level, hence RUST_LOG=trigger_cron=info) once the schedule is set; if
+that line comes later than S, the tick would only come a minute later, so the run is
+stopped and started again with twice the lead. The first tick is over at its first
+`lease_busy` or `tick_failed` line, or, when it took the lease (`tick_started`), at the
+next `tick_finished` or `tick_failed` (a tick that ran past the next minute would see
+later ticks log `lease_busy` meanwhile: those lines are kept, they are what production
+logs). When the tick's own lines say it returned an error (`tick_failed`, failed accounts
+or invalid teams), the run also waits for the cron plugin's
+`Component concourse-sts failed: ...` line, which is how the export's result is seen; a
+tick that returns `Ok` leaves no line. Then `spin up` is stopped (SIGINT to its process
+group, so that the trigger processes stop too; SIGKILL if it lingers).
+
+Runs that want overlapping ticks use the every-second schedule and wait for the event they
+need. "Later" is Debian's `faketime` in front of `spin up`: the wall clock of spin and its
+trigger processes (and so the component's) moves ahead, timers do not
+(FAKETIME_DONT_FAKE_MONOTONIC=1); moto does not check the signing time.
+"""
+
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+# What `spin build` produces and spin.toml loads.
+WASM = ROOT / "target" / "wasm32-wasip2" / "release" / "concourse_sts.wasm"
+MANIFEST = ROOT / "spin.toml"
+RUNTIME_CONFIG = ROOT / "runtime-config.toml"
+CRON_COMPONENT = "concourse-sts"
+API_COMPONENT = "concourse-sts-api"
+
+EVERY_SECOND = "* * * * * *"
+# Midnight on January 1st: never within a test. (The cron plugin takes no year field: a
+# seventh field stops spin up with "Error: ParseSchedule".)
+NEW_YEAR = "0 0 0 1 1 *"
+
+# The cron plugin's own lines (spinframework/spin-trigger-cron 0.3).
+SCHEDULER_STARTED = "Job scheduler started"
+EXPORT_FAILED = re.compile(r"Component concourse-sts failed: Error::Other\((.*)\)\s*$")
+# Where a panic inside the component shows: its stderr (the plugin drops the trap itself).
+PANICKED = "panicked at"
+
+# Variables of the caller's environment that `spin up` may see besides SPIN_VARIABLE_*:
+# where Spin finds its plugins and caches compiled components.
+PASSED_THROUGH = ("PATH", "HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "SPIN_DATA_DIR", "TMPDIR", "LANG")
+
+FIRST_LEAD_S = 1.5
+# Starting Spin compiles the component once per build (then Wasmtime's cache has it).
+START_TIMEOUT_S = 300
+# Longer than the component's own tick budget (3 minutes by default).
+TICK_TIMEOUT_S = 240
+STOP_TIMEOUT_S = 20
+
+INSTALL_HELP = """\
+Spin 3.x with the cron trigger plugin is needed (tested with Spin 3.5.0 and trigger-cron 0.3.0):
+  install Spin 3.x from https://github.com/spinframework/spin/releases, then
+  spin plugins install --url https://github.com/spinframework/spin-trigger-cron/releases/download/v0.3.0/trigger-cron.json
+(on Spin 4, the cron trigger's successor is in https://github.com/spinframework/spin-trigger-plugins)"""
+
+
+def find_spin():
+    """`spin` on PATH with the cron trigger installed, or an explanation of what is missing."""
+    spin = shutil.which("spin")
+    if spin is None:
+        return None, "no `spin` on PATH.\n" + INSTALL_HELP
+    plugins = subprocess.run([spin, "plugins", "list", "--installed"], capture_output=True, text=True, timeout=60)
+    if not re.search(r"^trigger-cron ", plugins.stdout, re.MULTILINE):
+        return None, f"{spin} has no trigger-cron plugin installed.\n" + INSTALL_HELP
+    return spin, None
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def once_a_minute_at(instant):
+    """A schedule firing at `instant`'s second of every minute (UTC)."""
+    return f"{int(instant) % 60} * * * * *"
+
+
+def manifest_copy(directory, schedule):
+    """spin.toml, with only the schedule changed, written into `directory`: the component
+    is named by its absolute path and the build section (which runs in the project) goes."""
+    text = MANIFEST.read_text()
+    text, crons = re.subn(r'^cron_expression = ".*"$', f'cron_expression = "{schedule}"', text, flags=re.MULTILINE)
+    relative = f'source = "{WASM.relative_to(ROOT)}"'
+    sources = text.count(relative)
+    text = text.replace(relative, f'source = "{WASM}"')
+    text, builds = re.subn(r"^\[component\.[a-z-]+\.build\]\n(?:[^\[].*\n|\n)*", "", text, flags=re.MULTILINE)
+    assert (crons, sources, builds) == (1, 2, 1), "spin.toml no longer has the shape the tests copy"
+    path = directory / "spin.toml"
+    path.write_text(text)
+    return path
+
+
+def redis_runtime_config(directory, url):
+    """runtime-config.toml with its commented Redis example switched on, pointing at `url`:
+    the configuration the README gives for several nodes."""
+    lines = RUNTIME_CONFIG.read_text().splitlines()
+    start = lines.index("# [key_value_store.default]")
+    table = [line[2:] for line in lines[start : start + 3]]
+    assert table[1] == 'type = "redis"' and table[2].startswith("url = "), table
+    path = directory / "runtime-config-redis.toml"
+    path.write_text("\n".join(table[:2] + [f'url = "{url}"']) + "\n")
+    return path
+
+
+class SpinExited(RuntimeError):
+    """`spin up` ended by itself."""
+
+
+def tick_end(events):
+    """The index of the event that ends the first tick, or None while it runs."""
+    for index, event in enumerate(events):
+        kind = event.get("event")
+        if index == 0 and kind in ("lease_busy", "tick_failed"):
+            return 0
+        if index > 0 and kind in ("tick_finished", "tick_failed"):
+            return index
+    return None
+
+
+def tick_returned_error(events):
+    """What a tick's own lines say about its export's result."""
+    last = events[-1]
+    if last["event"] == "tick_failed":
+        return True
+    return last["event"] == "tick_finished" and (last["failed"] > 0 or last["invalid_teams"] > 0)
+
+
+@dataclass
+class Run:
+    """One `spin up` on a node, from start to stop."""
+
+    events: list
+    # What the export returned, for each tick that returned an error.
+    errors: list
+    # Everything spin printed and the components logged (stdout and stderr) meanwhile.
+    output: str
+    trapped: bool = False
+
+    @property
+    def returncode(self):
+        """The command entry point's exit status for the same tick: 0 when the export
+        returned Ok, 1 when it returned an error."""
+        return 1 if self.errors else 0
+
+    @property
+    def error(self):
+        return self.errors[-1] if self.errors else None
+
+    def of(self, kind):
+        return [e for e in self.events if e.get("event") == kind]
+
+    def rotated(self):
+        return {(e["team"], e["account"]) for e in self.of("account_rotated")}
+
+
+class SpinUp:
+    """One `spin up` process on a node."""
+
+    def __init__(self, node, args, env, url):
+        self.node = node
+        self.url = url
+        number = len(node.processes)
+        self.stdout_path = node.directory / f"spin-up-{number}.stdout"
+        self.stderr_path = node.directory / f"spin-up-{number}.stderr"
+        # The component logs grow over the node's runs: this run's part starts here.
+        self.log_offsets = {path.name: path.stat().st_size for path in node.logs.glob("*.txt")}
+        with open(self.stdout_path, "wb") as stdout, open(self.stderr_path, "wb") as stderr:
+            self.process = subprocess.Popen(
+                args, stdout=stdout, stderr=stderr, env=env, cwd=node.directory, start_new_session=True
+            )
+        self.stopped = False
+
+    def component_log(self, component, stream="stdout"):
+        path = self.node.logs / f"{component}_{stream}.txt"
+        if not path.exists():
+            return ""
+        with open(path, "rb") as log:
+            log.seek(self.log_offsets.get(path.name, 0))
+            text = log.read().decode(errors="replace")
+        # Only whole lines: the last one may still be being written.
+        return text[: text.rfind("\n") + 1]
+
+    def spin_output(self):
+        return self.stdout_path.read_text(errors="replace") + self.stderr_path.read_text(errors="replace")
+
+    def events(self, component=CRON_COMPONENT):
+        events = []
+        for line in self.component_log(component).splitlines():
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(event, dict):
+                events.append(event)
+        return events
+
+    def export_errors(self):
+        errors = []
+        for line in self.stderr_path.read_text(errors="replace").splitlines():
+            match = EXPORT_FAILED.search(line)
+            if match:
+                try:
+                    errors.append(json.loads(match.group(1)))
+                except json.JSONDecodeError:
+                    errors.append(match.group(1))
+        return errors
+
+    def trapped(self):
+        return PANICKED in self.component_log(CRON_COMPONENT, "stderr")
+
+    def wait_for(self, condition, what, timeout):
+        """Polls `condition()` until it holds; fails if spin exits or time runs out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = condition()
+            if value:
+                return value
+            if self.process.poll() is not None:
+                raise SpinExited(f"spin up exited ({self.process.returncode}) before {what}:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {what} within {timeout} s:\n{self.tail()}")
+            time.sleep(0.05)
+
+    def tail(self):
+        text = self.spin_output() + self.component_log(CRON_COMPONENT)
+        return "\n".join(text.splitlines()[-30:])
+
+    def scheduled_in_time(self, instant):
+        """Whether the cron plugin had its schedule before `instant` (a time.time() value)."""
+        self.wait_for(lambda: SCHEDULER_STARTED in self.stderr_path.read_text(errors="replace"), "a started cron scheduler", START_TIMEOUT_S)
+        return time.time() < instant - 0.25
+
+    def first_tick(self):
+        """Waits for the first tick to end (and for its error line, when it returned one);
+        returns the events up to its end."""
+
+        def ended():
+            events = self.events()
+            end = tick_end(events)
+            return (events[: end + 1],) if end is not None else self.trapped()
+
+        found = self.wait_for(ended, "end of the first tick", TICK_TIMEOUT_S)
+        if found is True:
+            return self.events()
+        events = found[0]
+        if tick_returned_error(events):
+            self.wait_for(self.export_errors, "`Component concourse-sts failed` line", 60)
+        return events
+
+    def wait_for_http(self):
+        """Waits until the admin API answers /healthz."""
+
+        def answers():
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=5) as response:
+                    return response.status == 200
+            except (OSError, urllib.error.HTTPError):
+                return False
+
+        self.wait_for(answers, "answer on /healthz", START_TIMEOUT_S)
+
+    def stop(self):
+        """Stops spin and its trigger processes; returns the run."""
+        if not self.stopped:
+            self.stopped = True
+            try:
+                os.killpg(self.process.pid, signal.SIGINT)
+                self.process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                pass
+            except ProcessLookupError:
+                pass
+            # Whatever is left of the group (a trigger process that ignored SIGINT).
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait(timeout=STOP_TIMEOUT_S)
+        output = self.spin_output()
+        for component in (CRON_COMPONENT, API_COMPONENT):
+            for stream in ("stdout", "stderr"):
+                output += self.component_log(component, stream)
+        self.node.outputs.append(output)
+        return output
+
+    def finish(self, events=None):
+        """Stops spin; returns the run with `events` (default: every cron event)."""
+        output = self.stop()
+        return Run(
+            events=self.events() if events is None else events,
+            errors=self.export_errors(),
+            output=output,
+            trapped=self.trapped(),
+        )
+
+
+class SpinNode:
+    """One Spin host: a directory with the manifest copy and spin's output, a state
+    directory (store and component logs), and a runtime config."""
+
+    def __init__(self, spin, directory, outputs, runtime_config=None):
+        self.spin = spin
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.state = directory / "state"
+        self.logs = self.state / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.runtime_config = runtime_config or RUNTIME_CONFIG
+        # Everything printed, for the leak check.
+        self.outputs = outputs
+        self.processes = []
+
+    def start(self, variables, teams=(), raw=(), schedule=NEW_YEAR, later_s=0):
+        """Starts `spin up`; `teams` are documents registered under team/<name>, `raw`
+        (key, text) pairs stored as they are; `later_s` moves the host's clock ahead."""
+        port = free_port()
+        manifest = manifest_copy(self.directory, schedule)
+        args = [self.spin, "up", "-f", str(manifest), "--state-dir", str(self.state)]
+        args += ["--listen", f"127.0.0.1:{port}", "--runtime-config-file", str(self.runtime_config)]
+        entries = [(f"team/{t['name']}", json.dumps(t)) for t in teams] + list(raw)
+        for key, text in entries:
+            args += ["--key-value", f"{key}={text}"]
+        env = {name: os.environ[name] for name in PASSED_THROUGH if name in os.environ}
+        env.update(variables)
+        # For the plugin's "Job scheduler started". Only its target: with RUST_LOG=spin=info
+        # the triggers' launch metadata (which spin up reads from their stderr as JSON) no
+        # longer parses, spin up then hands --listen to the cron trigger, and it refuses.
+        env["RUST_LOG"] = "trigger_cron=info"
+        if later_s:
+            env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1"
+            args = ["faketime", "-f", f"+{int(later_s)}"] + args
+        process = SpinUp(self, args, env, f"http://127.0.0.1:{port}")
+        self.processes.append(process)
+        return process
+
+    def run(self, variables, teams=(), raw=(), later_s=0):
+        """One tick: `spin up` until its first tick has ended, then stopped."""
+        [process] = start_in_time([self], variables, teams, raw, later_s)
+        events = process.first_tick()
+        return process.finish(events)
+
+    def serve(self, variables, schedule=NEW_YEAR):
+        """`spin up` answering on its HTTP address; the caller stops it."""
+        process = self.start(variables, schedule=schedule)
+        process.wait_for_http()
+        return process
+
+    def stop_all(self):
+        for process in self.processes:
+            process.stop()
+
+    def store(self):
+        """The default key-value store, when it is Spin's SQLite under --state-dir."""
+        return sqlite_store(self.state / "sqlite_key_value.db")
+
+    def delete(self, key):
+        """Removes a key from the store, with spin stopped."""
+        with sqlite3.connect(self.state / "sqlite_key_value.db") as db:
+            db.execute("DELETE FROM spin_key_value WHERE store = 'default' AND key = ?", (key,))
+
+
+def sqlite_store(path):
+    """Spin's SQLite key-value database's default store, {key: text} (read with spin
+    stopped or running)."""
+    if not path.exists():
+        return {}
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT key, value FROM spin_key_value WHERE store = 'default'").fetchall()
+    return {key: bytes(value).decode() for key, value in rows}
+
+
+def start_in_time(nodes, variables, teams=(), raw=(), later_s=0):
+    """Starts `spin up` on every node with one schedule firing a little ahead, so that
+    all of them tick at the same second; starts again with more lead if any node had its
+    schedule too late for it."""
+    lead = FIRST_LEAD_S
+    while True:
+        instant = math.ceil(time.time() + lead)
+        schedule = once_a_minute_at(instant + later_s)
+        processes = [node.start(variables, teams, raw, schedule, later_s) for node in nodes]
+        if all([process.scheduled_in_time(instant) for process in processes]):
+            return processes
+        for process in processes:
+            process.stop()
+        if lead > START_TIMEOUT_S:
+            raise TimeoutError("spin up never started before its schedule")
+        lead *= 2
