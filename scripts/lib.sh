@@ -6,7 +6,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 # The release component: what `spin build` writes and spin.toml loads.
 WASM="$ROOT/target/wasm32-wasip2/release/concourse_sts.wasm"
-CARGO_WASM="$WASM"
 HOST="$ROOT/target/host/concourse-sts-host"
 
 step() { printf '\n==> %s\n' "$*" >&2; }

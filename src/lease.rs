@@ -273,9 +273,6 @@ mod tests {
         fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
             self.inner.get(key)
         }
-        fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-            self.inner.get_many(keys)
-        }
         fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
             self.inner.set(key, value)
         }

@@ -1,7 +1,11 @@
 //! The key-value store as the engine needs it: team documents, per-team rotation state
 //! and the tick lease. Spin's store in the component, a map in unit tests.
 //!
-//! Two facts of Spin's stores shape this trait. Every `set` on Spin's default SQLite store
+//! Three facts of Spin's stores shape this trait. Reads go one key at a time: Spin's Redis
+//! store answers `wasi:keyvalue/batch`'s `get-many` with Redis's `KEYS` command (the key
+//! pattern search) instead of `MGET`, which fails for more than one key and answers key
+//! names for one (Spin 3.5, `crates/key-value-redis/src/store.rs`); reads commit nothing,
+//! so this costs little. Every `set` on Spin's default SQLite store
 //! is a commit with fsyncs while the whole component waits, so a tick writes through
 //! [`KeyValue::set_many`], one commit for any number of documents. And no store's
 //! compare-and-swap answer can be trusted (Spin's Redis store reports every swap as failed
@@ -25,8 +29,6 @@ pub enum StoreError {
 pub trait KeyValue {
     fn keys(&self) -> Result<Vec<String>, StoreError>;
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
-    /// The values of `keys`, in the order asked, `None` where a key is absent.
-    fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
     fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
     /// Writes every entry in one commit where the store has commits (Spin's SQLite store).
     fn set_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError>;
@@ -77,9 +79,6 @@ pub(crate) mod tests {
         }
         fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
             Ok(self.entries.borrow().get(key).cloned())
-        }
-        fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-            keys.iter().map(|key| self.get(key)).collect()
         }
         fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
             self.commit();

@@ -1,6 +1,7 @@
 //! Spin's key-value store through `wasi:keyvalue`: `store` for reads and writes, `batch`
-//! for batched ones (Spin's SQLite store commits a `set-many` as one transaction), and
-//! `atomics` for compare-and-swap, whose answer is not used (see [`KeyValue::swap`]).
+//! for batched writes (Spin's SQLite store commits a `set-many` as one transaction, Redis
+//! runs `MSET`), and `atomics` for compare-and-swap, whose answer is not used (see
+//! [`KeyValue::swap`]).
 
 use spin_sdk::wit::wasi::keyvalue::{atomics, batch, store};
 
@@ -31,19 +32,6 @@ impl KeyValue for SpinStore {
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.0.get(key).map_err(store_error)
-    }
-
-    /// Spin's SQLite store answers only the keys it found, so answers are matched by key.
-    fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut found: std::collections::HashMap<String, Option<Vec<u8>>> =
-            batch::get_many(&self.0, keys)
-                .map_err(store_error)?
-                .into_iter()
-                .collect();
-        Ok(keys.iter().map(|key| found.remove(key).flatten()).collect())
     }
 
     fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {

@@ -1,5 +1,5 @@
-//! Reading what a tick works from: every team document and every state document, in a
-//! few key-value calls (one listing, two batched reads).
+//! Reading what a tick works from: every team document and every state document (one
+//! listing, then one read per document: see [`crate::store`] for why not a batch).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -52,9 +52,11 @@ pub fn load(store: &impl KeyValue) -> Result<Loaded, StoreError> {
         .filter(|key| key.starts_with(STATE_PREFIX))
         .collect();
     let mut loaded = Loaded::default();
-    for (key, value) in team_keys.iter().zip(store.get_many(&team_keys)?) {
+    for key in &team_keys {
         // Deleted between listing and reading: the team is gone, nothing to do.
-        let Some(bytes) = value else { continue };
+        let Some(bytes) = store.get(key)? else {
+            continue;
+        };
         match parse_team(key, &bytes) {
             Ok(document) => loaded.teams.push(LoadedTeam {
                 document,
@@ -63,10 +65,12 @@ pub fn load(store: &impl KeyValue) -> Result<Loaded, StoreError> {
             Err(invalid) => loaded.invalid.push(invalid),
         }
     }
-    let values = store.get_many(&state_keys)?;
     let known: BTreeSet<String> = loaded.known().into_iter().map(str::to_owned).collect();
-    for (key, value) in state_keys.iter().zip(values) {
-        let (Some(team), Some(bytes)) = (key.strip_prefix(STATE_PREFIX), value) else {
+    for key in &state_keys {
+        let Some(team) = key.strip_prefix(STATE_PREFIX) else {
+            continue;
+        };
+        let Some(bytes) = store.get(key)? else {
             continue;
         };
         match TeamState::read(&bytes) {

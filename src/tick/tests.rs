@@ -1163,9 +1163,6 @@ impl crate::store::KeyValue for TakeoverStore {
         }
         self.inner.get(key)
     }
-    fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        self.inner.get_many(keys)
-    }
     fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.inner.set(key, value)
     }

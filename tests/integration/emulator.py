@@ -168,6 +168,9 @@ class Emulator:
             "SPIN_VARIABLE_AWS_SECRET_ACCESS_KEY": secret_key,
             "SPIN_VARIABLE_AWS_REGION": REGION,
             "SPIN_VARIABLE_AWS_ENDPOINT_URL": self.url,
+            # The documented override that admits a local emulator (and the tests' fault
+            # proxies and metadata fakes) on loopback; spin.toml admits only AWS.
+            "SPIN_VARIABLE_ALLOWED_ENDPOINT_OVERRIDE": "http://127.0.0.1:*",
         }
         if token:
             env["SPIN_VARIABLE_AWS_SESSION_TOKEN"] = token

@@ -10,26 +10,24 @@ directory).
 
 A node is one state directory: `--state-dir` holds Spin's default key-value store
 (`sqlite_key_value.db`, because runtime-config.toml leaves the default store to Spin) and
-the component logs (`logs/concourse-sts_stdout.txt` for the cron component,
-`logs/concourse-sts-api_stdout.txt` for the admin API). `spin up` can run on one node any
+the component's logs (`logs/concourse-sts_stdout.txt`, where both trigger processes, cron
+and HTTP, append the component's lines). `spin up` can run on one node any
 number of times, as a machine restarting would; a node on Redis shares its store with
 other nodes.
 
 How a tick is delimited. The cron host starts a tick on schedule even while the previous
-one runs, and the component's log lines carry no tick identifier, so a run that must see
-exactly one tick gets a schedule that fires once a minute, at a second computed when
-`spin up` starts (`S * * * * *`, S a little ahead). The cron plugin logs "Job scheduler
-started" (at info level, hence RUST_LOG=trigger_cron=info) once the schedule is set; if
-that line comes later than S, the tick would only come a minute later, so the run is
-stopped and started again with twice the lead. The first tick is over at its first
-`lease_busy` or `tick_failed` line, or, when it took the lease (`tick_started`), at the
-next `tick_finished` or `tick_failed` (a tick that ran past the next minute would see
-later ticks log `lease_busy` meanwhile: those lines are kept, they are what production
-logs). When the tick's own lines say it returned an error (`tick_failed`, failed accounts
-or invalid teams), the run also waits for the cron plugin's
-`Component concourse-sts failed: ...` line, which is how the export's result is seen; a
-tick that returns `Ok` leaves no line. Then `spin up` is stopped (SIGINT to its process
-group, so that the trigger processes stop too; SIGKILL if it lingers).
+one runs; every log line names its tick (`tick`), so the lines of one tick are told apart
+from the others'. A run that wants one tick gets a schedule that fires once a minute, at a
+second computed when `spin up` starts (`S * * * * *`, S a little ahead). The cron plugin
+logs "Job scheduler started" (at info level, hence RUST_LOG=trigger_cron=info) once the
+schedule is set; if that line comes later than S, the tick would only come a minute
+later, so the run is stopped and started again with twice the lead. The first tick is the
+tick of the first line; it is over at its `tick_finished`, `tick_failed` or `lease_busy`
+line. When its lines say it returned an error (`tick_failed`, failed accounts or invalid
+teams), the run also waits for the cron plugin's `Component concourse-sts failed: ...`
+line, which is how the export's result is seen; a tick that returns `Ok` leaves no line.
+Then `spin up` is stopped (SIGINT to its process group, so that the trigger processes stop
+too; SIGKILL if it lingers).
 
 Runs that want overlapping ticks use the every-second schedule and wait for the event they
 need. "Later" is Debian's `faketime` in front of `spin up`: the wall clock of spin and its
@@ -57,8 +55,8 @@ ROOT = Path(__file__).resolve().parents[2]
 WASM = ROOT / "target" / "wasm32-wasip2" / "release" / "concourse_sts.wasm"
 MANIFEST = ROOT / "spin.toml"
 RUNTIME_CONFIG = ROOT / "runtime-config.toml"
-CRON_COMPONENT = "concourse-sts"
-API_COMPONENT = "concourse-sts-api"
+# One component serves both triggers.
+COMPONENT = "concourse-sts"
 
 EVERY_SECOND = "* * * * * *"
 # Midnight on January 1st: never within a test. (The cron plugin takes no year field: a
@@ -120,7 +118,7 @@ def manifest_copy(directory, schedule):
     sources = text.count(relative)
     text = text.replace(relative, f'source = "{WASM}"')
     text, builds = re.subn(r"^\[component\.[a-z-]+\.build\]\n(?:[^\[].*\n|\n)*", "", text, flags=re.MULTILINE)
-    assert (crons, sources, builds) == (1, 2, 1), "spin.toml no longer has the shape the tests copy"
+    assert (crons, sources, builds) == (1, 1, 1), "spin.toml no longer has the shape the tests copy"
     path = directory / "spin.toml"
     path.write_text(text)
     return path
@@ -142,15 +140,16 @@ class SpinExited(RuntimeError):
     """`spin up` ended by itself."""
 
 
-def tick_end(events):
-    """The index of the event that ends the first tick, or None while it runs."""
-    for index, event in enumerate(events):
-        kind = event.get("event")
-        if index == 0 and kind in ("lease_busy", "tick_failed"):
-            return 0
-        if index > 0 and kind in ("tick_finished", "tick_failed"):
-            return index
-    return None
+# The lines that end a tick.
+TICK_ENDS = ("tick_finished", "tick_failed", "lease_busy")
+
+
+def first_tick(events):
+    """The lines of the first tick, once it is over (None while it runs)."""
+    if not events:
+        return None
+    tick = [e for e in events if e.get("tick") == events[0].get("tick")]
+    return tick if tick[-1]["event"] in TICK_ENDS else None
 
 
 def tick_returned_error(events):
@@ -219,9 +218,9 @@ class SpinUp:
     def spin_output(self):
         return self.stdout_path.read_text(errors="replace") + self.stderr_path.read_text(errors="replace")
 
-    def events(self, component=CRON_COMPONENT):
+    def events(self):
         events = []
-        for line in self.component_log(component).splitlines():
+        for line in self.component_log(COMPONENT).splitlines():
             try:
                 event = json.loads(line)
             except json.JSONDecodeError:
@@ -242,7 +241,7 @@ class SpinUp:
         return errors
 
     def trapped(self):
-        return PANICKED in self.component_log(CRON_COMPONENT, "stderr")
+        return PANICKED in self.component_log(COMPONENT, "stderr")
 
     def wait_for(self, condition, what, timeout):
         """Polls `condition()` until it holds; fails if spin exits or time runs out."""
@@ -258,7 +257,7 @@ class SpinUp:
             time.sleep(0.05)
 
     def tail(self):
-        text = self.spin_output() + self.component_log(CRON_COMPONENT)
+        text = self.spin_output() + self.component_log(COMPONENT)
         return "\n".join(text.splitlines()[-30:])
 
     def scheduled_in_time(self, instant):
@@ -271,9 +270,8 @@ class SpinUp:
         returns the events up to its end."""
 
         def ended():
-            events = self.events()
-            end = tick_end(events)
-            return (events[: end + 1],) if end is not None else self.trapped()
+            events = first_tick(self.events())
+            return (events,) if events is not None else self.trapped()
 
         found = self.wait_for(ended, "end of the first tick", TICK_TIMEOUT_S)
         if found is True:
@@ -313,9 +311,8 @@ class SpinUp:
                 pass
             self.process.wait(timeout=STOP_TIMEOUT_S)
         output = self.spin_output()
-        for component in (CRON_COMPONENT, API_COMPONENT):
-            for stream in ("stdout", "stderr"):
-                output += self.component_log(component, stream)
+        for stream in ("stdout", "stderr"):
+            output += self.component_log(COMPONENT, stream)
         self.node.outputs.append(output)
         return output
 

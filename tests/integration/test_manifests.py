@@ -1,6 +1,7 @@
 """The manifests users run, checked as files (the other tests run them): spin.toml and the
-command-trigger manifest reference only declared variables, schedule with six cron
-fields, load the component the build produces, and the SpinKube files agree."""
+SpinKube manifests reference only declared variables, map them once, schedule with six
+cron fields, load the component the build produces, admit only the hosts they must, and
+the SpinKube files agree with each other and with what the Spin shim can run."""
 
 import re
 import tomllib
@@ -10,6 +11,11 @@ import yaml
 from spin import ROOT, WASM
 
 TEMPLATE = re.compile(r"\{\{\s*([a-z0-9_]+)\s*\}\}")
+SPINKUBE = ROOT / "deploy" / "spinkube"
+# The triggers SpinKube's containerd shim runs; it refuses an app that declares another.
+SHIM_TRIGGERS = {"http", "redis", "sqs", "mqtt", "command"}
+# Variables that only the manifest reads (allowed_outbound_hosts), not the component.
+MANIFEST_ONLY = {"allowed_endpoint_override"}
 
 
 def load(path):
@@ -17,63 +23,132 @@ def load(path):
 
 
 def check_manifest(path):
+    """A manifest with the one component every trigger runs, and its variables mapped."""
     manifest = load(path)
     assert manifest["spin_manifest_version"] == 2
     declared = set(manifest["variables"])
     for name, variable in manifest["variables"].items():
-        assert "default" in variable or variable.get("required"), name
-    used = set()
-    for name, component in manifest["component"].items():
-        source = (ROOT / path).parent / component["source"]
-        assert source.resolve() == WASM.resolve(), name
-        assert component["key_value_stores"] == ["default"]
-        for value in component["variables"].values():
-            assert set(TEMPLATE.findall(value)) <= declared
-            used |= set(TEMPLATE.findall(value))
-        # Every setting the engine reads reaches every component that can rotate.
-        assert declared - {"admin_token"} <= set(component["variables"]), name
-        for host in component["allowed_outbound_hosts"]:
-            assert re.fullmatch(r"https?://[a-z0-9.*{}_ -]+(:(\*|\d+))?", host), host
-            assert set(TEMPLATE.findall(host)) <= declared
-    assert used == declared, f"declared but unused: {declared - used}"
+        assert "default" in variable, f"{name}: no variable is required (the credentials may come from the platform)"
+    [(name, component)] = manifest["component"].items()
+    assert name == "concourse-sts"
+    assert ((ROOT / path).parent / component["source"]).resolve() == WASM.resolve()
+    assert component["key_value_stores"] == ["default"]
+    mapped = {}
+    for variable, value in component["variables"].items():
+        assert value == f"{{{{ {variable} }}}}", f"{variable} is mapped to itself"
+        mapped[variable] = value
+    assert set(mapped) == declared - MANIFEST_ONLY, "every variable reaches the component"
+    used_in_hosts = set()
+    for host in component["allowed_outbound_hosts"]:
+        used_in_hosts |= set(TEMPLATE.findall(host))
+    assert used_in_hosts == {"aws_region", "allowed_endpoint_override"}
+    for trigger in manifest["trigger"].values():
+        assert all(t["component"] == "concourse-sts" for t in trigger)
     return manifest
 
 
-def test_spin_toml_is_a_complete_spin_3_manifest():
+def test_spin_toml_maps_the_variables_once_for_both_triggers():
     manifest = check_manifest("spin.toml")
     [cron] = manifest["trigger"]["cron"]
-    assert cron["component"] == "concourse-sts"
     assert len(cron["cron_expression"].split()) == 6, "seconds first: five fields stop the host"
-    [http] = manifest["trigger"]["http"]
-    assert http["component"] == "concourse-sts-api"
+    assert [h["route"] for h in manifest["trigger"]["http"]] == ["/..."]
     # `spin build` is a plain cargo build (no wasm-opt, no apt-get): it writes the file
-    # both components load.
+    # the component loads.
     build = manifest["component"]["concourse-sts"]["build"]
     assert build["command"] == "cargo build --release --target wasm32-wasip2 -p concourse-sts"
     assert set(build["watch"]) == {"src/**/*.rs", "wit/**/*.wit", "Cargo.toml"}
-    assert "build" not in manifest["component"]["concourse-sts-api"]
     secret = {name for name, v in manifest["variables"].items() if v.get("secret")}
-    assert {"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "admin_token"} <= secret
+    assert secret == {
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "aws_container_authorization_token",
+        "admin_token",
+    }
 
 
-def test_the_command_manifest_runs_the_same_component_with_the_same_variables():
-    command = check_manifest("deploy/spinkube/spin-command.toml")
+def test_egress_is_aws_the_metadata_endpoints_and_one_override():
+    hosts = load("spin.toml")["component"]["concourse-sts"]["allowed_outbound_hosts"]
+    for service in ("sts", "secretsmanager", "ssm"):
+        for domain in ("amazonaws.com", "amazonaws.com.cn"):
+            assert f"https://{service}.{{{{ aws_region }}}}.{domain}" in hosts
+    assert {"http://169.254.169.254", "http://169.254.170.2", "http://169.254.170.23"} <= set(hosts)
+    assert "{{ allowed_endpoint_override }}" in hosts
+    assert not [h for h in hosts if "127.0.0.1" in h or "localhost" in h], "no loopback in production"
+    assert len(hosts) == 10
+    override = load("spin.toml")["variables"]["allowed_endpoint_override"]["default"]
+    assert override == "https://sts.amazonaws.com", "the default admits nothing new"
+
+
+def test_the_spinkube_manifests_copy_the_variables_exactly():
     main = load("spin.toml")
-    main["variables"].pop("admin_token")
-    assert command["variables"] == main["variables"]
-    assert command["trigger"] == {"command": [{"component": "concourse-sts"}]}
+    for copy in ("spin-command.toml", "spin-api.toml"):
+        manifest = check_manifest(f"deploy/spinkube/{copy}")
+        assert manifest["variables"] == main["variables"], copy
+        component = manifest["component"]["concourse-sts"]
+        expected = {k: v for k, v in main["component"]["concourse-sts"].items() if k not in ("build", "source")}
+        assert {k: v for k, v in component.items() if k != "source"} == expected, copy
+    assert load("deploy/spinkube/spin-command.toml")["trigger"] == {"command": [{"component": "concourse-sts"}]}
+    assert load("deploy/spinkube/spin-api.toml")["trigger"] == {"http": [{"route": "/...", "component": "concourse-sts"}]}
+
+
+def test_what_spinkube_runs_declares_only_triggers_its_shim_knows():
+    """The shim refuses an app with any other trigger: an API SpinApp built from spin.toml,
+    which carries the cron trigger, would never start."""
+    for name in ("spin-command.toml", "spin-api.toml"):
+        triggers = set(tomllib.loads((SPINKUBE / name).read_text())["trigger"])
+        assert triggers <= SHIM_TRIGGERS, f"{name}: {triggers - SHIM_TRIGGERS}"
+    assert set(load("spin.toml")["trigger"]) - SHIM_TRIGGERS == {"cron"}, "hence the copies"
+    images = {
+        "spinapp-api.yaml": "concourse-sts-api",
+        "cronjob-rotate.yaml": "concourse-sts-rotate",
+    }
+    pushed = (ROOT / "deploy" / "README.md").read_text()
+    for manifest, image in (("spin-api.toml", images["spinapp-api.yaml"]), ("spin-command.toml", images["cronjob-rotate.yaml"])):
+        assert f"spin registry push -f deploy/spinkube/{manifest} ghcr.io/YOUR-ORG/{image}:" in pushed
+    app = yaml.safe_load((SPINKUBE / "spinapp-api.yaml").read_text())
+    assert app["spec"]["image"].split("/")[-1].split(":")[0] == images["spinapp-api.yaml"]
+    job = yaml.safe_load((SPINKUBE / "cronjob-rotate.yaml").read_text())
+    [container] = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert container["image"].split("/")[-1].split(":")[0] == images["cronjob-rotate.yaml"]
+
+
+def seconds(text):
+    """A duration variable's value in seconds: a bare number, or `3m`/`90s`."""
+    match = re.fullmatch(r"(\d+)([smh]?)", text)
+    assert match, text
+    return int(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[match[2]]
+
+
+def test_the_cronjobs_deadline_follows_tick_budget():
+    """A pod killed at its deadline must have had the whole budget, and the longest an
+    account's writes go on once started (three attempts of request_timeout, behind the
+    paced writes of the other running accounts, with backoff), plus time to start: and it
+    must end before the next run is due."""
+    job = yaml.safe_load((SPINKUBE / "cronjob-rotate.yaml").read_text())
+    spec = job["spec"]["jobTemplate"]["spec"]
+    [container] = spec["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    budget = seconds(env["SPIN_VARIABLE_TICK_BUDGET"])
+    timeout = seconds(env["SPIN_VARIABLE_REQUEST_TIMEOUT"])
+    # The component's defaults: 32 accounts at once, 4 writes each at most, 40 a second.
+    queue = 32 * 4 / 40
+    writing_window = 3 * (timeout + queue) + 1 + 2
+    startup = 30
+    assert spec["activeDeadlineSeconds"] >= budget + writing_window + startup
+    assert spec["activeDeadlineSeconds"] < 300, "under the five-minute schedule"
+    assert job["spec"]["schedule"] == "*/5 * * * *"
 
 
 def test_the_kubernetes_files_agree():
-    spinkube = ROOT / "deploy" / "spinkube"
-    secrets = {d["metadata"]["name"]: d for d in yaml.safe_load_all((spinkube / "runtime-config-secret.yaml").read_text())}
+    secrets = {d["metadata"]["name"]: d for d in yaml.safe_load_all((SPINKUBE / "runtime-config-secret.yaml").read_text())}
     runtime_config = tomllib.loads(secrets["concourse-sts-runtime-config"]["stringData"]["runtime-config.toml"])
     assert runtime_config["key_value_store"]["default"]["type"] == "redis"
-    app = yaml.safe_load((spinkube / "spinapp-api.yaml").read_text())
+    app = yaml.safe_load((SPINKUBE / "spinapp-api.yaml").read_text())
     assert app["spec"]["runtimeConfig"]["loadFromSecret"] == "concourse-sts-runtime-config"
     token = next(v for v in app["spec"]["variables"] if v["name"] == "admin_token")
     assert token["valueFrom"]["secretKeyRef"]["name"] in secrets
-    job = yaml.safe_load((spinkube / "cronjob-rotate.yaml").read_text())
+    job = yaml.safe_load((SPINKUBE / "cronjob-rotate.yaml").read_text())
     assert len(job["spec"]["schedule"].split()) == 5
     pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert pod["runtimeClassName"] == "wasmtime-spin-v2"

@@ -1,11 +1,10 @@
 """Several nodes: two `spin up` processes sharing one key-value store, ticking on the same
 schedule. On Redis, as runtime-config.toml's example configures it, for several
-machines; and, as the control that shows the scenario's assertions can hold, on one
-SQLite file shared by two processes of one machine."""
+machines, where Spin's compare-and-swap answers lie (DESIGN.md, "Spin's Redis store and
+compare-and-swap") and the lease holds by reading the key back; and on one SQLite file
+shared by two processes of one machine."""
 
 import json
-
-import pytest
 
 from emulator import HOME_ACCOUNT, OTHER_ACCOUNT, account, team
 from faults import FaultProxy
@@ -42,12 +41,6 @@ def assert_rotated_once_across(aws, runs):
     aws.assert_working({f"/concourse/{t}/{a}": arn for (t, a), arn in WORKING.items()})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Spin's Redis store answers every compare-and-swap with CasFailed after writing "
-    "(DESIGN.md, 'Spin's Redis store and compare-and-swap'), so both nodes log lease_busy and "
-    "nothing is rotated; fixed by issue #10's lease, which reads the key back",
-)
 def test_two_nodes_on_one_redis_rotate_every_account_exactly_once(aws, redis):
     runs = two_nodes_tick_at_once(aws, redis_runtime_config(aws.tmp_path, redis.url))
     assert {key for key in redis.contents() if key.startswith("team/")} == {"team/alpha", "team/beta"}

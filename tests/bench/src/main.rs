@@ -586,7 +586,11 @@ async fn bench(mut args: Args, root: &Path) -> anyhow::Result<()> {
         let store = Store::Sqlite {
             sync_delay: SLOW_SYNC,
         };
-        Some(bench.latency_tick("slow-disk", store, SECRETS_MANAGER).await?)
+        Some(
+            bench
+                .latency_tick("slow-disk", store, SECRETS_MANAGER)
+                .await?,
+        )
     };
     report_variant(&bench, &mut report, &SLOW_DISK, slow);
 
