@@ -202,7 +202,7 @@ fn read_record(bytes: &[u8]) -> Result<LeaseRecord, LeaseError> {
 mod tests {
     use super::*;
     use crate::clock::tests::ManualClock;
-    use crate::store::tests::MemoryStore;
+    use crate::store::tests::{MemoryStore, RacedStore};
 
     const TTL: Duration = Duration::from_secs(300);
 
@@ -258,49 +258,12 @@ mod tests {
         assert_eq!(foreign.text(LEASE_KEY).as_deref(), Some("garbage"));
     }
 
-    /// Spin's Redis store: a swap reports failure after writing, and a lost race as
-    /// success. Neither answer is used, so only what is read back counts.
-    struct LyingStore {
-        inner: MemoryStore,
-        /// Another writer's value, stored right after every swap.
-        racer: Option<Vec<u8>>,
-    }
-
-    impl KeyValue for LyingStore {
-        fn keys(&self) -> Result<Vec<String>, StoreError> {
-            self.inner.keys()
-        }
-        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-            self.inner.get(key)
-        }
-        fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-            self.inner.set(key, value)
-        }
-        fn set_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
-            self.inner.set_many(entries)
-        }
-        fn delete(&self, key: &str) -> Result<(), StoreError> {
-            self.inner.delete(key)
-        }
-        fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
-            self.inner.delete_many(keys)
-        }
-        fn swap(&self, key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<(), StoreError> {
-            self.inner.swap(key, expected, new)?;
-            if let Some(racer) = &self.racer {
-                self.inner.set(key, racer)?;
-            }
-            Ok(())
-        }
-    }
-
+    /// Spin's Redis store reports a swap as failed after writing, and a lost race as
+    /// success: neither answer is used, so only what is read back counts.
     #[test]
     fn only_what_is_read_back_counts() {
         let clock = ManualClock::new(0.0);
-        let honest = LyingStore {
-            inner: MemoryStore::default(),
-            racer: None,
-        };
+        let honest = MemoryStore::default();
         assert!(matches!(
             Lease::acquire(&honest, &clock, "a", TTL).unwrap(),
             Acquired::Held(_)
@@ -308,10 +271,11 @@ mod tests {
         let other = LeaseRecord {
             holder: "racer".into(),
             expires_at: clock.now() + chrono_duration(TTL),
-        };
-        let raced = LyingStore {
-            inner: MemoryStore::default(),
-            racer: Some(other.to_bytes()),
+        }
+        .to_bytes();
+        let raced = RacedStore {
+            after_swap: Some(Box::new(move |inner, key| inner.set(key, &other).unwrap())),
+            ..RacedStore::default()
         };
         match Lease::acquire(&raced, &clock, "a", TTL).unwrap() {
             Acquired::Busy { holder, .. } => assert_eq!(holder.as_deref(), Some("racer")),

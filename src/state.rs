@@ -159,14 +159,17 @@ fn digest(parts: &[&[u8]]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn at(minutes: i64) -> DateTime<Utc> {
+    /// `minutes` after a fixed moment.
+    pub(crate) fn at(minutes: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_900_000_000 + minutes * 60, 0).unwrap()
     }
 
-    fn written(at_minute: i64, rotate_after: i64) -> AccountState {
+    /// An account written at minute `at_minute` with one-hour credentials, due again at
+    /// minute `rotate_after`.
+    pub(crate) fn written(at_minute: i64, rotate_after: i64) -> AccountState {
         AccountState {
             fingerprint: "f".into(),
             written_at: Some(at(at_minute)),

@@ -73,6 +73,49 @@ pub(crate) mod tests {
         }
     }
 
+    /// A hook into a [`RacedStore`]'s calls: the inner store and the key.
+    pub type Hook = Box<dyn Fn(&MemoryStore, &str)>;
+
+    /// A [`MemoryStore`] another writer can step into, as races do: right before a read,
+    /// or right after a swap (Spin's Redis store: a swap whose answer lies).
+    #[derive(Default)]
+    pub struct RacedStore {
+        pub inner: MemoryStore,
+        pub before_get: Option<Hook>,
+        pub after_swap: Option<Hook>,
+    }
+
+    impl KeyValue for RacedStore {
+        fn keys(&self) -> Result<Vec<String>, StoreError> {
+            self.inner.keys()
+        }
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            if let Some(hook) = &self.before_get {
+                hook(&self.inner, key);
+            }
+            self.inner.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+            self.inner.set(key, value)
+        }
+        fn set_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+            self.inner.set_many(entries)
+        }
+        fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.inner.delete(key)
+        }
+        fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+            self.inner.delete_many(keys)
+        }
+        fn swap(&self, key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<(), StoreError> {
+            self.inner.swap(key, expected, new)?;
+            if let Some(hook) = &self.after_swap {
+                hook(&self.inner, key);
+            }
+            Ok(())
+        }
+    }
+
     impl KeyValue for MemoryStore {
         fn keys(&self) -> Result<Vec<String>, StoreError> {
             Ok(self.entries.borrow().keys().cloned().collect())

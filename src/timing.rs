@@ -88,10 +88,7 @@ impl Timing {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn at(minutes: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_900_000_000 + minutes * 60, 0).unwrap()
-    }
+    use crate::state::tests::at;
 
     #[test]
     fn rotate_after_leaves_the_margin_and_spreads_accounts() {

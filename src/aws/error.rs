@@ -262,10 +262,11 @@ pub(crate) fn truncate(text: &str, max: usize) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn service(status: u16, code: &str) -> AwsError {
+    /// An AWS error answer with `code` and no message.
+    pub(crate) fn service(status: u16, code: &str) -> AwsError {
         AwsError::Service {
             status,
             code: code.into(),

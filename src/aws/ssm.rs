@@ -438,6 +438,7 @@ mod tests {
     use std::collections::VecDeque;
 
     use super::*;
+    use crate::aws::error::tests::service;
     use crate::aws::TransportError;
 
     fn answer(status: u16, body: &str) -> HttpResponse {
@@ -634,15 +635,6 @@ mod tests {
                     "{body:?}: {error:?}"
                 );
             }
-        }
-    }
-
-    fn service(status: u16, code: &str) -> AwsError {
-        AwsError::Service {
-            status,
-            code: code.into(),
-            message: String::new(),
-            request_id: None,
         }
     }
 

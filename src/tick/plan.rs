@@ -387,20 +387,7 @@ fn not_within_ten_minutes_of(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn at(minutes: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_900_000_000 + minutes * 60, 0).unwrap()
-    }
-
-    fn written(at_minute: i64, rotate_after: i64) -> AccountState {
-        AccountState {
-            fingerprint: "f".into(),
-            written_at: Some(at(at_minute)),
-            expiration: Some(at(at_minute + 60)),
-            rotate_after: Some(at(rotate_after)),
-            ..Default::default()
-        }
-    }
+    use crate::state::tests::{at, written};
 
     fn decided(state: &AccountState, now: i64) -> Decision {
         decide(Some(state), "f", at(now), false)

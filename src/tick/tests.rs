@@ -9,8 +9,7 @@ use crate::clock::tests::ManualClock;
 use crate::lease::LEASE_KEY;
 use crate::roles::AllowedRoles;
 use crate::state::TeamState;
-use crate::store::tests::MemoryStore;
-use crate::store::StoreError;
+use crate::store::tests::{MemoryStore, RacedStore};
 use crate::template::{SecretFormat, SecretSink, Sink};
 use plan::RotateReason;
 use std::cell::{Cell, RefCell};
@@ -403,20 +402,34 @@ fn with_engine(
     team: Option<&str>,
 ) -> (TickSummary, Vec<Event>) {
     let client = test_client(aws);
+    let (summary, events) =
+        futures::executor::block_on(run_engine(&client, aws, store, rules, "tick-test", team));
+    (summary.unwrap(), events)
+}
+
+/// A tick (or one team's rotation, with `team`) named `tick`, with any client and store.
+async fn run_engine(
+    client: &AwsClient<&FakeAws>,
+    aws: &FakeAws,
+    store: &impl crate::store::KeyValue,
+    rules: &RotationRules,
+    tick: &str,
+    team: Option<&str>,
+) -> (anyhow::Result<TickSummary>, Vec<Event>) {
     let events = Events::default();
     let engine = Engine {
-        client: &client,
+        client,
         clock: &aws.clock,
         store,
         sink: &events,
         rules,
-        tick: "tick-test",
+        tick,
     };
     let summary = match team {
-        None => futures::executor::block_on(engine.run_tick()),
-        Some(team) => futures::executor::block_on(engine.rotate_team(team)),
+        None => engine.run_tick().await,
+        Some(team) => engine.rotate_team(team).await,
     };
-    (summary.unwrap(), events.0.into_inner())
+    (summary, events.0.into_inner())
 }
 
 fn event_lines(events: &[Event]) -> String {
@@ -1081,18 +1094,8 @@ async fn with_engine_async(
     rules: &RotationRules,
     tick: &str,
 ) -> (TickSummary, Vec<Event>) {
-    let client = test_client(aws);
-    let events = Events::default();
-    let engine = Engine {
-        client: &client,
-        clock: &aws.clock,
-        store,
-        sink: &events,
-        rules,
-        tick,
-    };
-    let summary = engine.run_tick().await.unwrap();
-    (summary, events.0.into_inner())
+    let (summary, events) = run_engine(&test_client(aws), aws, store, rules, tick, None).await;
+    (summary.unwrap(), events)
 }
 
 #[test]
@@ -1104,17 +1107,8 @@ fn a_host_stopped_mid_tick_leaves_every_due_account_marked_for_repair() {
     let store = two_teams();
     futures::executor::block_on(async {
         let client = test_client(&hung);
-        let events = Events::default();
         let rules = rules(8);
-        let engine = Engine {
-            client: &client,
-            clock: &hung.clock,
-            store: &store,
-            sink: &events,
-            rules: &rules,
-            tick: "tick-stopped",
-        };
-        let tick = engine.run_tick();
+        let tick = run_engine(&client, &hung, &store, &rules, "tick-stopped", None);
         futures::pin_mut!(tick);
         for _ in 0..50 {
             assert!(futures::poll!(tick.as_mut()).is_pending());
@@ -1143,65 +1137,35 @@ fn a_host_stopped_mid_tick_leaves_every_due_account_marked_for_repair() {
         .all(|(_, _, reason)| *reason == RotateReason::Incomplete));
 }
 
-/// A store where another tick takes the lease over after this one's `n`th read of it.
-struct TakeoverStore {
-    inner: MemoryStore,
-    reads_left: Cell<usize>,
-}
-
-impl crate::store::KeyValue for TakeoverStore {
-    fn keys(&self) -> Result<Vec<String>, StoreError> {
-        self.inner.keys()
-    }
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        if key == LEASE_KEY {
-            self.reads_left.set(self.reads_left.get().saturating_sub(1));
-            if self.reads_left.get() == 0 {
-                let other = r#"{"holder":"tick-other","expires_at":"2099-01-01T00:00:00Z"}"#;
-                self.inner.set(LEASE_KEY, other.as_bytes())?;
-            }
-        }
-        self.inner.get(key)
-    }
-    fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.inner.set(key, value)
-    }
-    fn set_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
-        self.inner.set_many(entries)
-    }
-    fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.inner.delete(key)
-    }
-    fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
-        self.inner.delete_many(keys)
-    }
-    fn swap(&self, key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<(), StoreError> {
-        self.inner.swap(key, expected, new)
-    }
-}
-
 #[test]
 fn a_tick_whose_lease_is_taken_over_writes_no_more() {
     let aws = FakeAws::default();
-    let store = TakeoverStore {
+    // Another tick takes the lease over at this one's fourth read of it: the first, before
+    // the lease exists; the read-back; the first account's fence; then the takeover.
+    let reads = Cell::new(0);
+    let store = RacedStore {
         inner: many_accounts(5),
-        // The first read, before the lease exists; the read-back; the first account's
-        // fence; then the takeover.
-        reads_left: Cell::new(4),
+        before_get: Some(Box::new(move |inner, key| {
+            if key == LEASE_KEY {
+                reads.set(reads.get() + 1);
+                if reads.get() == 4 {
+                    let other = r#"{"holder":"tick-other","expires_at":"2099-01-01T00:00:00Z"}"#;
+                    inner.set(LEASE_KEY, other.as_bytes()).unwrap();
+                }
+            }
+        })),
+        ..RacedStore::default()
     };
     let client = test_client(&aws);
-    let events = Events::default();
-    let one_at_a_time = rules(1);
-    let engine = Engine {
-        client: &client,
-        clock: &aws.clock,
-        store: &store,
-        sink: &events,
-        rules: &one_at_a_time,
-        tick: "tick-test",
-    };
-    let summary = futures::executor::block_on(engine.run_tick()).unwrap();
-    let events = events.0.into_inner();
+    let (summary, events) = futures::executor::block_on(run_engine(
+        &client,
+        &aws,
+        &store,
+        &rules(1),
+        "tick-test",
+        None,
+    ));
+    let summary = summary.unwrap();
     assert_eq!(summary.rotated, 1);
     assert_eq!(summary.deferred, 4);
     assert!(events.contains(&Event::LeaseLost {
@@ -1415,16 +1379,15 @@ fn a_shared_store_keeps_what_others_wrote() {
         .with("team/alpha", &team("alpha", &[("dev", "ci")]))
         .with(LEASE_KEY, "someone else's");
     let client = test_client(&aws);
-    let rules = rules(4);
-    let engine = Engine {
-        client: &client,
-        clock: &aws.clock,
-        store: &foreign_lease,
-        sink: &Events::default(),
-        rules: &rules,
-        tick: "tick-test",
-    };
-    let error = futures::executor::block_on(engine.run_tick()).unwrap_err();
+    let (result, _) = futures::executor::block_on(run_engine(
+        &client,
+        &aws,
+        &foreign_lease,
+        &rules(4),
+        "tick-test",
+        None,
+    ));
+    let error = result.unwrap_err();
     assert!(
         format!("{error:#}").contains("lease/rotation holds a value concourse-sts did not write")
     );
@@ -1475,16 +1438,15 @@ fn without_the_rotators_credentials_the_tick_fails_before_any_aws_call() {
             endpoint: "http://imds.test".into(),
         },
     );
-    let rules = rules(4);
-    let engine = Engine {
-        client: &client,
-        clock: &aws.clock,
-        store: &store,
-        sink: &Events::default(),
-        rules: &rules,
-        tick: "tick-test",
-    };
-    let error = futures::executor::block_on(engine.run_tick()).unwrap_err();
+    let (result, _) = futures::executor::block_on(run_engine(
+        &client,
+        &aws,
+        &store,
+        &rules(4),
+        "tick-test",
+        None,
+    ));
+    let error = result.unwrap_err();
     assert_eq!(
         format!("{error:#}"),
         "getting the rotator's credentials from IMDS at http://imds.test: asking for the session token: HTTP 500"
