@@ -107,16 +107,7 @@ impl Record {
                     sinks: sinks.iter().map(|sink| (*sink, now)).collect(),
                     ..AccountState::default()
                 };
-                Event::AccountRotated {
-                    team: job.team.clone(),
-                    account: job.account.name.clone(),
-                    role_arn: job.account.role_arn.clone(),
-                    reason: job.reason,
-                    secret_path: job.path.as_str().to_owned(),
-                    expiration,
-                    rotate_after,
-                    secrets_created,
-                }
+                rotated(job, expiration, rotate_after, secrets_created)
             }
             Outcome::Failed {
                 stage,
@@ -166,6 +157,24 @@ impl Record {
     /// The changed documents have been stored.
     pub fn stored(&mut self) {
         self.changed.clear();
+    }
+}
+
+fn rotated(
+    job: &Job,
+    expiration: DateTime<Utc>,
+    rotate_after: DateTime<Utc>,
+    secrets_created: usize,
+) -> Event {
+    Event::AccountRotated {
+        team: job.team.clone(),
+        account: job.account.name.clone(),
+        role_arn: job.account.role_arn.clone(),
+        reason: job.reason,
+        secret_path: job.path.as_str().to_owned(),
+        expiration,
+        rotate_after,
+        secrets_created,
     }
 }
 
