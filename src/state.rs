@@ -27,25 +27,42 @@ pub enum Writer {
     ConcourseSts,
 }
 
-/// The state of one team's accounts.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// The state of one team's accounts (read through [`TeamState::read`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct TeamState {
     /// Absent only in documents written before the mark existed.
-    #[serde(default)]
     pub writer: Option<Writer>,
     /// The digest of the team document the state was last written for: when the document
     /// changes, its accounts' failure backoff starts over.
-    #[serde(default)]
     pub document: String,
-    #[serde(default)]
     pub accounts: BTreeMap<String, AccountState>,
+}
+
+/// A stored document as written, before it is known to be a state document: one carries
+/// the writer's mark, or (written before the mark existed) an `accounts` table. Any other
+/// JSON object, such as another application's `{"their": "document"}`, is not one.
+#[derive(Deserialize)]
+struct Stored {
+    #[serde(default)]
+    writer: Option<Writer>,
+    #[serde(default)]
+    document: String,
+    accounts: Option<BTreeMap<String, AccountState>>,
 }
 
 impl TeamState {
     /// Reads a stored document; `None` when the bytes are not a state document at all
     /// (something another application stored under this key).
     pub fn read(bytes: &[u8]) -> Option<Self> {
-        serde_json::from_slice(bytes).ok()
+        let stored: Stored = serde_json::from_slice(bytes).ok()?;
+        if stored.writer.is_none() && stored.accounts.is_none() {
+            return None;
+        }
+        Some(Self {
+            writer: stored.writer,
+            document: stored.document,
+            accounts: stored.accounts.unwrap_or_default(),
+        })
     }
 
     /// Whether the document carries this application's mark, the condition for deleting it.
@@ -224,8 +241,15 @@ pub(crate) mod tests {
         assert!(!sparse.accounts["a"].incomplete);
         assert!(!sparse.is_marked(), "written before the mark existed");
         let bare = TeamState::read(br#"{"accounts":{"a":{"fingerprint":"f"}}}"#).unwrap();
+        assert!(TeamState::read(br#"{"writer":"concourse-sts"}"#).is_some());
         assert_eq!(bare.accounts["a"].written_at, None);
-        for foreign in [&b"garbage"[..], b"[1]", br#"{"accounts":5}"#] {
+        for foreign in [
+            &b"garbage"[..],
+            b"[1]",
+            br#"{"accounts":5}"#,
+            br#"{"their":"document"}"#,
+            b"{}",
+        ] {
             assert_eq!(TeamState::read(foreign), None);
         }
     }
