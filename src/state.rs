@@ -204,9 +204,7 @@ pub(crate) mod tests {
             duration_seconds: 3600,
             external_id: None,
         };
-        let path = crate::template::SecretPathTemplate::default()
-            .render("t", "a")
-            .unwrap();
+        let path = crate::template::SecretPathTemplate::default().render("t", "a");
         let sm = SecretSink::SecretsManager;
         let base = fingerprint(&account, &path, SecretFormat::Split, sm);
         assert_eq!(base.len(), 16);
@@ -224,9 +222,7 @@ pub(crate) mod tests {
             base,
             fingerprint(&account, &path, SecretFormat::Split, SecretSink::Both)
         );
-        let moved = crate::template::SecretPathTemplate::default()
-            .render("t", "b")
-            .unwrap();
+        let moved = crate::template::SecretPathTemplate::default().render("t", "b");
         assert_ne!(base, fingerprint(&account, &moved, SecretFormat::Split, sm));
     }
 

@@ -16,9 +16,8 @@ pub const DEFAULT_TEMPLATE: &str = "/concourse/{{.Team}}/{{.Account}}";
 /// The suffixes of the three secrets written for every account.
 pub const SECRET_SUFFIXES: [&str; 3] = ["-access-key", "-secret-key", "-session-token"];
 
-/// The longest suffix, which bounds how long a rendered path may be.
-const LONGEST_SUFFIX_TEXT: &str = "-session-token";
-const LONGEST_SUFFIX: usize = LONGEST_SUFFIX_TEXT.len();
+/// The longest suffix, which bounds how long a rendered name is.
+const LONGEST_SUFFIX: &str = "-session-token";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
@@ -158,24 +157,19 @@ fn positions(parts: &[Part], wanted: &Part) -> Vec<usize> {
 }
 
 impl SecretPathTemplate {
-    /// Renders the path for one account. Names are validated before they get here, so the
-    /// only thing left to refuse is a name Secrets Manager would find too long.
-    pub fn render(&self, team: &str, account: &str) -> Result<SecretPath, String> {
-        let path: String = self
-            .parts
-            .iter()
-            .map(|part| match part {
-                Part::Literal(text) => text.as_str(),
-                Part::Team => team,
-                Part::Account => account,
-            })
-            .collect();
-        if path.len() + LONGEST_SUFFIX > MAX_SECRET_NAME_LEN {
-            return Err(format!(
-                "secret name {path:?} plus its suffix is longer than Secrets Manager's {MAX_SECRET_NAME_LEN} characters"
-            ));
-        }
-        Ok(SecretPath(path))
+    /// Renders the path of one account. Names are validated before they get here; what
+    /// each sink makes of the names is checked by [`SecretPath::problem`].
+    pub fn render(&self, team: &str, account: &str) -> SecretPath {
+        SecretPath(
+            self.parts
+                .iter()
+                .map(|part| match part {
+                    Part::Literal(text) => text.as_str(),
+                    Part::Team => team,
+                    Part::Account => account,
+                })
+                .collect(),
+        )
     }
 }
 
@@ -187,8 +181,8 @@ impl SecretPathTemplate {
     /// checked again before it is written, for what only the names decide (length, a team
     /// name in the first segment).
     pub fn parameter_store_problem(&self) -> Option<TemplateError> {
-        let sample = self.render("team", "account").ok()?;
-        let longest = format!("{}{LONGEST_SUFFIX_TEXT}", sample.as_str());
+        let sample = self.render("team", "account");
+        let longest = format!("{}{LONGEST_SUFFIX}", sample.as_str());
         crate::aws::ssm::parameter_name_problem(&longest).map(|reason| TemplateError {
             template: self.source.clone(),
             reason: format!("with secret_sink ssm, a rendered parameter name {reason}"),
@@ -319,6 +313,20 @@ impl SecretPath {
         SECRET_SUFFIXES.map(|suffix| format!("{}{suffix}", self.0))
     }
 
+    /// Why one of the names `format` writes under this path could not be written to every
+    /// sink of `sink`: too long for Secrets Manager, or not a name Parameter Store takes.
+    pub fn problem(&self, format: SecretFormat, sink: SecretSink) -> Option<String> {
+        self.names(format).into_iter().find_map(|name| {
+            if sink.secrets_manager() && name.len() > MAX_SECRET_NAME_LEN {
+                return Some(format!(
+                    "secret name {name:?} is longer than Secrets Manager's {MAX_SECRET_NAME_LEN} characters"
+                ));
+            }
+            let problem = crate::aws::ssm::parameter_name_problem(&name).filter(|_| sink.ssm())?;
+            Some(format!("parameter name {name:?} {problem}"))
+        })
+    }
+
     /// Every secret name `format` writes for this path.
     pub fn names(&self, format: SecretFormat) -> Vec<String> {
         let mut names = Vec::new();
@@ -349,9 +357,7 @@ mod tests {
 
     #[test]
     fn default_renders_the_lambda_layout() {
-        let path = SecretPathTemplate::default()
-            .render("example-team", "divx-lab")
-            .unwrap();
+        let path = SecretPathTemplate::default().render("example-team", "divx-lab");
         assert_eq!(path.as_str(), "/concourse/example-team/divx-lab");
         assert_eq!(
             path.secret_names(),
@@ -366,14 +372,11 @@ mod tests {
     #[test]
     fn go_template_spacing_and_other_layouts_are_accepted() {
         let template: SecretPathTemplate = "ci/{{ .Team }}/aws/{{.Account}}".parse().unwrap();
-        assert_eq!(template.render("t1", "a").unwrap().as_str(), "ci/t1/aws/a");
+        assert_eq!(template.render("t1", "a").as_str(), "ci/t1/aws/a");
         let template: SecretPathTemplate = "/concourse/{{.Team}}/{{.Account}}-{{.Account}}"
             .parse()
             .unwrap();
-        assert_eq!(
-            template.render("t1", "a").unwrap().as_str(),
-            "/concourse/t1/a-a"
-        );
+        assert_eq!(template.render("t1", "a").as_str(), "/concourse/t1/a-a");
     }
 
     #[test]
@@ -413,7 +416,7 @@ mod tests {
 
     #[test]
     fn names_follow_the_format() {
-        let path = SecretPathTemplate::default().render("t", "a").unwrap();
+        let path = SecretPathTemplate::default().render("t", "a");
         assert_eq!(path.names(SecretFormat::Split), path.secret_names());
         assert_eq!(path.names(SecretFormat::Json), ["/concourse/t/a"]);
         assert_eq!(path.names(SecretFormat::Both).len(), 4);
@@ -474,17 +477,38 @@ mod tests {
     }
 
     #[test]
-    fn overlong_rendered_names_are_refused() {
-        let template = SecretPathTemplate::default();
+    fn overlong_rendered_names_are_refused_by_the_sink_they_do_not_fit() {
         let long = "a".repeat(64);
-        assert!(template.render(&long, &long).is_ok());
+        let default = SecretPathTemplate::default().render(&long, &long);
+        assert_eq!(default.problem(SecretFormat::Both, SecretSink::Both), None);
         let template: SecretPathTemplate =
             format!("/{}/{{{{.Team}}}}/{{{{.Account}}}}", "p".repeat(400))
                 .parse()
                 .unwrap();
-        let error = template.render(&long, &long).unwrap_err();
+        let path = template.render(&long, &long);
+        let error = path
+            .problem(SecretFormat::Split, SecretSink::SecretsManager)
+            .unwrap();
         assert!(
             error.contains("longer than Secrets Manager's 512"),
+            "{error}"
+        );
+        assert_eq!(
+            path.problem(SecretFormat::Split, SecretSink::Ssm),
+            None,
+            "Parameter Store takes names of up to 947 characters"
+        );
+        let error = path.problem(SecretFormat::Split, SecretSink::Both).unwrap();
+        assert!(error.contains("Secrets Manager's 512"), "{error}");
+        let reserved = SecretPathTemplate::default().render("t", "a");
+        assert_eq!(reserved.problem(SecretFormat::Split, SecretSink::Ssm), None);
+        let awsteam: SecretPathTemplate = "/{{.Team}}/{{.Account}}".parse().unwrap();
+        let error = awsteam
+            .render("awsteam", "a")
+            .problem(SecretFormat::Json, SecretSink::Ssm)
+            .unwrap();
+        assert!(
+            error.starts_with("parameter name \"/awsteam/a\" must not start"),
             "{error}"
         );
     }

@@ -12,7 +12,6 @@ use serde::Serialize;
 use crate::clock::chrono_duration;
 use std::collections::BTreeMap;
 
-use crate::aws::ssm;
 use crate::config::{AccountConfig, Problem, TEAM_KEY_PREFIX};
 use crate::events::Event;
 use crate::settings::RotationRules;
@@ -201,9 +200,7 @@ fn colliding_names(team: &LoadedTeam, rules: &RotationRules) -> Vec<Problem> {
     let mut owners: BTreeMap<String, &str> = BTreeMap::new();
     let mut problems = Vec::new();
     for (i, account) in team.document.accounts.iter().enumerate() {
-        let Ok(path) = rules.template.render(&team.document.name, &account.name) else {
-            continue;
-        };
+        let path = rules.template.render(&team.document.name, &account.name);
         for secret in path.names(rules.secret_format) {
             if let Some(owner) = owners.insert(secret.clone(), &account.name) {
                 problems.push(Problem {
@@ -243,11 +240,8 @@ fn plan_account(
     rules
         .check_duration(account.duration_seconds)
         .map_err(|reason| refused(name, account, Stage::Config, None, reason))?;
-    let path = rules
-        .template
-        .render(name, &account.name)
-        .map_err(|reason| refused(name, account, Stage::SecretPath, None, reason))?;
-    if let Some(problem) = parameter_name_problems(&path, rules) {
+    let path = rules.template.render(name, &account.name);
+    if let Some(problem) = path.problem(rules.secret_format, rules.sink) {
         return Err(refused(name, account, Stage::SecretPath, None, problem));
     }
     let fingerprint = fingerprint(account, &path, rules.secret_format, rules.sink);
@@ -278,21 +272,6 @@ fn plan_account(
             urgency: state.and_then(|state| state.expiration),
         }),
     }
-}
-
-/// What Parameter Store would refuse in this account's names, when it is written to: the
-/// template was checked at start, but a name's length and a team name in its first
-/// segment are only known now.
-fn parameter_name_problems(path: &SecretPath, rules: &RotationRules) -> Option<String> {
-    if !rules.sink.ssm() {
-        return None;
-    }
-    path.names(rules.secret_format)
-        .into_iter()
-        .find_map(|name| {
-            ssm::parameter_name_problem(&name)
-                .map(|problem| format!("parameter name {name:?} {problem}"))
-        })
 }
 
 /// An account refused before any AWS call: nothing but an operator can fix it.
