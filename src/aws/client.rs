@@ -70,6 +70,8 @@ pub struct AwsClient<T> {
     /// Held while new credentials are being fetched, so concurrent requests wait for
     /// one fetch instead of each making their own.
     refreshing: futures::lock::Mutex<()>,
+    /// Why the last fetch failed: the client asks no more (a tick stops at that).
+    failure: RefCell<Option<IdentityError>>,
     /// AWS's clock minus ours, learned from an answer that refused our request time.
     skew: Cell<chrono::Duration>,
     /// Every credential value this client has held, scrubbed from error text.
@@ -90,6 +92,7 @@ impl<T: Transport> AwsClient<T> {
             endpoints,
             session: RefCell::new(None),
             refreshing: futures::lock::Mutex::new(()),
+            failure: RefCell::new(None),
             skew: Cell::new(chrono::Duration::zero()),
             redact: RefCell::new(Vec::new()),
         }
@@ -134,7 +137,13 @@ impl<T: Transport> AwsClient<T> {
         }
     }
 
-    /// The signing session, fetched again when it would expire within five minutes.
+    /// Why the rotator's credentials could not be had, once a fetch has failed.
+    pub fn credentials_failure(&self) -> Option<IdentityError> {
+        self.failure.borrow().clone()
+    }
+
+    /// The signing session, fetched again when it would expire within five minutes. Once
+    /// a fetch has failed, every later call fails the same way without asking again.
     async fn session(&self) -> Result<Rc<Session>, IdentityError> {
         if let Some(session) = self.current() {
             return Ok(session);
@@ -143,7 +152,14 @@ impl<T: Transport> AwsClient<T> {
         if let Some(session) = self.current() {
             return Ok(session);
         }
-        let session = Rc::new(self.open_session().await?);
+        if let Some(failure) = self.credentials_failure() {
+            return Err(failure);
+        }
+        let session = Rc::new(
+            self.open_session()
+                .await
+                .inspect_err(|failure| *self.failure.borrow_mut() = Some(failure.clone()))?,
+        );
         *self.session.borrow_mut() = Some(session.clone());
         Ok(session)
     }
@@ -335,7 +351,8 @@ mod tests {
     #[derive(Default)]
     struct FakeAws {
         offset: chrono::Duration,
-        /// The expirations IMDS hands out, one per fetch (the last one repeats).
+        /// The expirations IMDS hands out, one per fetch (the last one repeats); none: it
+        /// fails.
         imds_expirations: RefCell<Vec<DateTime<Utc>>>,
         imds_fetches: Cell<u32>,
         /// Each AWS request: the operation and the access key that signed it.
@@ -343,7 +360,11 @@ mod tests {
     }
 
     impl FakeAws {
+        /// IMDS, failing (HTTP 500) when it has no expirations to hand out.
         fn imds(&self, path: &str) -> HttpResponse {
+            if self.imds_expirations.borrow().is_empty() {
+                return HttpResponse::new(500, "");
+            }
             match path {
                 "/latest/api/token" => HttpResponse::new(200, "token"),
                 "/latest/meta-data/iam/security-credentials/" => HttpResponse::new(200, "role"),
@@ -519,6 +540,17 @@ mod tests {
             2,
             "good for hours: not fetched again"
         );
+    }
+
+    #[test]
+    fn a_failed_fetch_is_not_repeated() {
+        let aws = FakeAws::default();
+        let failing = client(&aws, imds(), None);
+        assert!(futures::executor::block_on(failing.prepare()).is_err());
+        let first = failing.credentials_failure().unwrap();
+        assert!(matches!(write(&failing), Err(AwsError::Credentials(again)) if again == first));
+        assert_eq!(aws.imds_fetches.get(), 0);
+        assert!(aws.signed.borrow().is_empty());
     }
 
     #[test]

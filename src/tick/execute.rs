@@ -38,7 +38,7 @@ pub enum Outcome {
         /// The sinks that did receive every secret.
         complete: Vec<Sink>,
     },
-    /// Not started: the tick's budget ran out first.
+    /// Not started: the tick's budget ran out, or the rotator's credentials failed.
     Deferred,
     /// Not written: the lease could not be confirmed.
     LeaseLost(LeaseError),
@@ -66,8 +66,13 @@ impl<T: Transport, C: Clock, K: KeyValue> Executor<'_, T, C, K> {
         if self.lease.is_lost() {
             return Outcome::LeaseLost(LeaseError::TakenOver("another tick".into()));
         }
+        if self.client.credentials_failure().is_some() {
+            return Outcome::Deferred;
+        }
         let credentials = match self.assume_role(job).await {
             Ok(credentials) => credentials,
+            // The rotator's own credentials failed, not this account: the tick stops.
+            Err(AwsError::Credentials(_)) => return Outcome::Deferred,
             Err(error) => {
                 return Outcome::Failed {
                     stage: Stage::AssumeRole,

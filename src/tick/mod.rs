@@ -174,6 +174,11 @@ impl<T: Transport, C: Clock, K: KeyValue> Engine<'_, T, C, K> {
         self.flush(lease, &mut record)
             .await
             .context("storing the rotation state")?;
+        // Credentials that could not be refreshed during the tick stopped it: the tick's
+        // failure, naming the source, not the accounts'.
+        if let Some(failure) = self.client.credentials_failure() {
+            return Err(failure.into());
+        }
         self.finish(&mut summary, started);
         Ok(summary)
     }

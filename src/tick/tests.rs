@@ -42,6 +42,7 @@ struct FakeAws {
     parameters: RefCell<BTreeMap<String, Parameter>>,
     /// Parameter Store refuses every write (a rotator without the SSM policy).
     ssm_denied: bool,
+    imds_expirations: RefCell<Vec<DateTime<Utc>>>,
 }
 
 impl Default for FakeAws {
@@ -62,6 +63,7 @@ impl Default for FakeAws {
             hang_writes: false,
             parameters: RefCell::default(),
             ssm_denied: false,
+            imds_expirations: RefCell::default(),
         }
     }
 }
@@ -91,16 +93,15 @@ fn reply(status: u16, body: impl Into<String>) -> HttpResponse {
 
 impl FakeAws {
     fn answer(&self, request: &http::Request<Vec<u8>>) -> HttpResponse {
+        if request.uri().path().starts_with("/latest/") {
+            return self.imds(request.uri().path());
+        }
         let length = request.headers()["content-length"].to_str().unwrap();
         assert_eq!(
             length,
             request.body().len().to_string(),
             "content-length must match"
         );
-        if request.uri().path().starts_with("/latest/") {
-            self.calls.borrow_mut().push("IMDS".into());
-            return reply(500, "metadata unavailable");
-        }
         assert!(request.headers().contains_key("authorization"));
         match request
             .headers()
@@ -163,6 +164,27 @@ impl FakeAws {
                  </Credentials></AssumeRoleResult></AssumeRoleResponse>"
             ),
         )
+    }
+
+    /// IMDS: the rotator's credentials, expiring at the next of `imds_expirations` (real
+    /// time, which the client checks them against); HTTP 500 once none is left.
+    fn imds(&self, path: &str) -> HttpResponse {
+        self.calls.borrow_mut().push("IMDS".into());
+        let mut expirations = self.imds_expirations.borrow_mut();
+        match path {
+            _ if expirations.is_empty() => reply(500, "metadata unavailable"),
+            "/latest/api/token" => reply(200, "token"),
+            "/latest/meta-data/iam/security-credentials/" => reply(200, "rotator"),
+            _ => {
+                let expiration = expirations.remove(0).to_rfc3339();
+                reply(
+                    200,
+                    format!(
+                        r#"{{"AccessKeyId":"ASIAROTATOR","SecretAccessKey":"s","Token":"t","Expiration":"{expiration}"}}"#
+                    ),
+                )
+            }
+        }
     }
 
     /// Parameter Store as AWS answers: tags only on a create, a taken name refused
@@ -1553,4 +1575,55 @@ fn names_parameter_store_would_refuse_fail_their_account_before_sts() {
     assert!(event_lines(&events).contains(r#"must not start with \"aws\" or \"ssm\""#));
     assert_eq!(summary.rotated, 1);
     assert_eq!(aws.count_calls("AssumeRole"), 1);
+}
+
+#[test]
+fn credentials_that_cannot_be_refreshed_stop_the_tick_without_charging_accounts() {
+    // Good for four more minutes: fetched before the lease, and again at the first
+    // account's request, when IMDS has nothing more to give.
+    let aws = FakeAws {
+        imds_expirations: RefCell::new(vec![chrono::Utc::now() + chrono::Duration::minutes(4)]),
+        ..Default::default()
+    };
+    let store = two_teams();
+    let client = client_as(
+        &aws,
+        CredentialsSource::Imds {
+            endpoint: "http://imds.test".into(),
+        },
+    );
+    let (result, events) = futures::executor::block_on(run_engine(
+        &client,
+        &aws,
+        &store,
+        &rules(1),
+        "tick-test",
+        None,
+    ));
+    let error = format!("{:#}", result.unwrap_err());
+    assert!(
+        error.starts_with("getting the rotator's credentials from IMDS at http://imds.test"),
+        "{error}"
+    );
+    let imds_calls = aws.calls.borrow().iter().filter(|c| *c == "IMDS").count();
+    assert_eq!(
+        imds_calls,
+        4,
+        "one whole fetch, then one refused ask: {:?}",
+        aws.calls.borrow()
+    );
+    assert_eq!(aws.count_calls("AssumeRole"), 0);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::AccountDeferred { .. }))
+            .count(),
+        3
+    );
+    for team in ["alpha", "beta"] {
+        for account in state(&store, team).accounts.values() {
+            assert_eq!(account.consecutive_failures, 0, "not charged");
+            assert!(!account.incomplete, "nothing was written");
+        }
+    }
 }
