@@ -79,6 +79,19 @@ def rotator_policy():
     return json.dumps(document)
 
 
+def rotator_policy_ssm():
+    """deploy/iam/rotator-policy-ssm.json as moto can evaluate it. moto authorizes
+    Parameter Store calls against the resource "*" (it names no parameter ARN), so the
+    statement's resource is widened here, as rotator_policy() does for Secrets Manager;
+    the actions are used exactly as documented."""
+    document = json.loads(policy("rotator-policy-ssm.json"))
+    [statement] = document["Statement"]
+    assert statement["Sid"] == "WriteConcourseParameters"
+    assert statement["Resource"] == "arn:aws:ssm:*:*:parameter/concourse/*"
+    statement["Resource"] = "*"
+    return json.dumps(document)
+
+
 class Emulator:
     """The AWS world of one test, and the Spin nodes that run the component in it."""
 
@@ -156,6 +169,13 @@ class Emulator:
             keys = (key["AccessKeyId"], key["SecretAccessKey"], None)
         self.rotator_secrets.extend(k for k in keys if k)
         return keys
+
+    def allow_parameter_store(self):
+        """Attaches the documented Parameter Store policy to the rotator user (beside the
+        policy rotator() gave it), as an operator enabling secret_sink ssm would."""
+        self.admin_client("iam").put_user_policy(
+            UserName=ROTATOR_USER, PolicyName="rotator-ssm", PolicyDocument=rotator_policy_ssm()
+        )
 
     def enforce(self):
         """From here on moto checks every signature and every IAM permission."""
@@ -250,13 +270,33 @@ class Emulator:
     def all_secret_values(self):
         return [self.secret(name) for name in self.secret_names()]
 
+    def parameter(self, name):
+        """A parameter's value, decrypted, or None when there is none."""
+        ssm = self.admin_client("ssm")
+        try:
+            return ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
+        except ssm.exceptions.ParameterNotFound:
+            return None
+
+    def parameter_triple(self, path):
+        return tuple(self.parameter(f"{path}-{suffix}") for suffix in ("access-key", "secret-key", "session-token"))
+
+    def parameter_names(self):
+        ssm = self.admin_client("ssm")
+        pages = ssm.get_paginator("describe_parameters").paginate()
+        return sorted(p["Name"] for page in pages for p in page["Parameters"])
+
+    def all_parameter_values(self):
+        return [self.parameter(name) for name in self.parameter_names()]
+
     def issued_credentials(self):
         """Every credential value moto handed out: all AssumeRole sessions (written or
-        not), every secret's value, and the rotator's own keys."""
+        not), every secret's and every parameter's value, and the rotator's own keys."""
         data = json.loads(urllib.request.urlopen(self.url + "/moto-api/data.json", timeout=10).read())
         sessions = data.get("sts", {}).get("AssumedRole", [])
         values = [s[k] for s in sessions for k in ("access_key_id", "secret_access_key", "session_token")]
         values += [v for v in self.all_secret_values() if v]
+        values += [v for v in self.all_parameter_values() if v]
         return [v for v in values + self.rotator_secrets if v]
 
 
