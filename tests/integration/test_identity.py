@@ -25,7 +25,11 @@ REFRESH_SLACK_S = 10
 
 def platform_variables(aws, **extra):
     """aws.variables without static keys: the emulator's endpoint, the region and the
-    loopback override (which also admits the metadata fakes on 127.0.0.1)."""
+    loopback override (which also admits the metadata fakes on 127.0.0.1). Unless the
+    test names one, the IMDS endpoint is a loopback port where nothing listens: a
+    component that wrongly falls back to IMDS must fail here, not reach whatever
+    answers at 169.254.169.254 on the machine running the tests."""
+    extra.setdefault("aws_imds_endpoint", f"http://127.0.0.1:{free_port()}")
     env = aws.variables(("unused", "unused", None), **extra)
     del env["SPIN_VARIABLE_AWS_ACCESS_KEY_ID"], env["SPIN_VARIABLE_AWS_SECRET_ACCESS_KEY"]
     assert not [name for name in env if "ACCESS_KEY" in name or "SESSION_TOKEN" in name]
@@ -150,27 +154,43 @@ def test_static_keys_win_over_the_metadata_services(aws):
 def test_a_source_that_fails_is_one_tick_failed_naming_it_and_no_aws_call(aws):
     credentials = instance_role(aws)
     teams = [team("alpha", account("dev", aws.ci_role(HOME_ACCOUNT)))]
+    keys = aws.rotator()  # a user that may assume concourse-ci* roles only
     aws.enforce()
     closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     wrong = "not-the-pod-token-71f3"
     aws.rotator_secrets.append(wrong)
+    refused_role = f"arn:aws:iam::{HOME_ACCOUNT}:role/concourse-sts-elsewhere"
     with FaultProxy(aws.url) as proxy, MetadataService("container", credentials, authorization="pod-token-2b9e") as endpoint:
         cases = [
-            (dict(aws_credentials_source="imds", aws_imds_endpoint=closed), f"IMDS at {closed}: asking for the session token"),
+            # (variables, the source named, AWS calls: none, or the refused AssumeRole)
             (
-                dict(aws_container_credentials_full_uri=endpoint.full_uri, aws_container_authorization_token=wrong),
+                platform_variables(aws, aws_endpoint_url=proxy.url, aws_credentials_source="imds", aws_imds_endpoint=closed),
+                f"IMDS at {closed}: asking for the session token",
+                0,
+            ),
+            (
+                platform_variables(
+                    aws, aws_endpoint_url=proxy.url, aws_container_credentials_full_uri=endpoint.full_uri, aws_container_authorization_token=wrong
+                ),
                 f"the container credentials endpoint {endpoint.full_uri}: asking for the credentials: HTTP 403",
+                0,
+            ),
+            (
+                aws.variables(keys, aws_endpoint_url=proxy.url, aws_role_arn=refused_role),
+                f"aws_role_arn {refused_role}: AccessDenied (HTTP 403)",
+                1,
             ),
         ]
-        for variables, origin in cases:
-            run = aws.run(platform_variables(aws, aws_endpoint_url=proxy.url, **variables), teams)
+        for variables, origin, calls in cases:
+            run = aws.run(variables, teams)
             [failure] = run.of("tick_failed")
             assert run.events == [failure], [e["event"] for e in run.events]
             assert failure["level"] == "error"
             assert failure["error"].startswith("getting the rotator's credentials from " + origin), failure["error"]
             assert run.error == failure["error"]
-            # No AWS call, no lease, no state: the store holds only the team document.
-            assert (proxy.forwarded, proxy.injected) == (0, [])
+            # No AWS call beyond getting the credentials, no lease, no state: the store
+            # holds only the team document.
+            assert (proxy.forwarded, proxy.injected) == (calls, [])
             assert sorted(aws.store()) == ["team/alpha"]
         assert [(a.status, a.authorized) for a in endpoint.asked] == [(403, False)]
     assert aws.secret_names() == []

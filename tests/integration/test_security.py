@@ -245,3 +245,8 @@ def test_an_aws_error_names_its_request_id(aws):
     assert (failure["code"], failure["stage"]) == ("AccessDenied", "assume_role")
     assert failure["error"].startswith("AccessDenied (HTTP 403): ")
     assert failure["error"].endswith(f" (request id {request_id})"), failure["error"]
+    # The attempt's line and the stored state (which the status API serves) say it too.
+    [attempt] = run.of("attempt_failed")
+    assert attempt["error"] == failure["error"]
+    stored = json.loads(aws.store()["state/alpha"])["accounts"]["denied"]["last_error"]
+    assert stored["code"] == "AccessDenied" and stored["message"].endswith(f" (request id {request_id})"), stored
