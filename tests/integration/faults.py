@@ -8,11 +8,13 @@ read and never answered).
 """
 
 import http.client
+import json
 import random
 import socket
 import threading
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 KINDS = ("http500", "http503", "throttle", "latency", "reset", "truncated", "garbage", "huge", "silent")
 
@@ -126,3 +128,94 @@ def reply(handler, status, payload, content_type):
     handler.send_header("Content-Length", str(len(payload)))
     handler.end_headers()
     handler.wfile.write(payload)
+
+
+# How far AWS lets a request's signing time be from its own clock.
+MAX_SKEW_S = 300
+
+
+class ClockCheckingProxy:
+    """A proxy in front of moto (which does not check when a request was signed) that
+    refuses, as AWS does, a request whose `X-Amz-Date` is more than 5 minutes from the
+    proxy's own clock: STS (query protocol) with XML `RequestTimeTooSkewed` (HTTP 403),
+    the JSON services with `InvalidSignatureException` "Signature expired" (HTTP 400).
+    Every answer carries the proxy's clock in `Date`, unless `send_date` is False.
+    Anything else is forwarded, headers and all (`x-amzn-RequestId` included).
+
+    `seen` holds (operation, refused, skew in seconds) per request, `request_ids` the
+    `x-amzn-RequestId` of each answer forwarded."""
+
+    def __init__(self, upstream, send_date=True):
+        self.upstream = urlparse(upstream)
+        self.send_date = send_date
+        self.lock = threading.Lock()
+        self.seen = []
+        self.request_ids = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def send_response(self, code, message=None):
+                # send_response adds Date itself; without it, only the status line.
+                self.log_request(code)
+                self.send_response_only(code, message)
+                if proxy.send_date:
+                    self.send_header("Date", self.date_time_string())
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                proxy.handle(self, body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def refused(self):
+        return [operation for operation, refused, _ in self.seen if refused]
+
+    def handle(self, handler, body):
+        target = handler.headers.get("X-Amz-Target")
+        operation = target or "sts." + (parse_qs(body.decode(errors="replace")).get("Action") or ["?"])[0]
+        signed = datetime.strptime(handler.headers.get("X-Amz-Date", "19700101T000000Z"), "%Y%m%dT%H%M%SZ")
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        skew = (signed - now).total_seconds()
+        refuse = abs(skew) > MAX_SKEW_S
+        with self.lock:
+            self.seen.append((operation, refuse, skew))
+        if not refuse:
+            status, headers, payload = FaultProxy.forward(self, handler, body)
+            with self.lock:
+                self.request_ids += [v for k, v in headers.items() if k.lower() == "x-amzn-requestid"]
+            handler.send_response(status)
+            for name, value in headers.items():
+                if name.lower() not in ("connection", "content-length", "transfer-encoding", "date", "server"):
+                    handler.send_header(name, value)
+            handler.send_header("Content-Length", str(len(payload)))
+            handler.end_headers()
+            handler.wfile.write(payload)
+            return
+        stamp = lambda instant: instant.strftime("%Y%m%dT%H%M%SZ")
+        if target:
+            if skew < 0:
+                limit = f"earlier than {stamp(now - timedelta(seconds=MAX_SKEW_S))} ({stamp(now)} - 5 min.)"
+            else:
+                limit = f"later than {stamp(now + timedelta(seconds=MAX_SKEW_S))} ({stamp(now)} + 5 min.)"
+            message = f"Signature expired: {stamp(signed)} is now {limit}"
+            reply(handler, 400, json.dumps({"__type": "InvalidSignatureException", "message": message}).encode(), "application/x-amz-json-1.1")
+        else:
+            message = "The difference between the request time and the current time is too large."
+            answer = f"<ErrorResponse><Error><Type>Sender</Type><Code>RequestTimeTooSkewed</Code><Message>{message}</Message></Error><RequestId>skew-{len(self.seen)}</RequestId></ErrorResponse>"
+            reply(handler, 403, answer.encode(), "text/xml")

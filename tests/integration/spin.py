@@ -345,7 +345,8 @@ class SpinNode:
 
     def start(self, variables, teams=(), raw=(), schedule=NEW_YEAR, later_s=0):
         """Starts `spin up`; `teams` are documents registered under team/<name>, `raw`
-        (key, text) pairs stored as they are; `later_s` moves the host's clock ahead."""
+        (key, text) pairs stored as they are; `later_s` moves the host's clock ahead
+        (back, when negative)."""
         port = free_port()
         manifest = manifest_copy(self.directory, schedule)
         args = [self.spin, "up", "-f", str(manifest), "--state-dir", str(self.state)]
@@ -361,7 +362,8 @@ class SpinNode:
         env["RUST_LOG"] = "trigger_cron=info"
         if later_s:
             env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1"
-            args = ["faketime", "-f", f"+{int(later_s)}"] + args
+            # A signed offset: "+6000" is later, "-1200" earlier.
+            args = ["faketime", "-f", f"{int(later_s):+d}"] + args
         process = SpinUp(self, args, env, f"http://127.0.0.1:{port}")
         self.processes.append(process)
         return process
