@@ -6,6 +6,7 @@ checking on (moto's /moto-api/reset-auth) before the component runs, so every re
 the component makes is signature-checked and authorized against the rotator's policy.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -222,6 +223,10 @@ class Emulator:
         except sm.exceptions.ResourceNotFoundException:
             return None
 
+    def written(self, path):
+        """Which of the path's three secrets exist (their suffixes, no value)."""
+        return [suffix for suffix, value in zip(("access-key", "secret-key", "session-token"), self.triple(path)) if value]
+
     def triple(self, path):
         return tuple(self.secret(f"{path}-{suffix}") for suffix in ("access-key", "secret-key", "session-token"))
 
@@ -261,11 +266,14 @@ class Emulator:
         return sorted(s["Name"] for page in sm.get_paginator("list_secrets").paginate() for s in page["SecretList"])
 
     def assert_working(self, expected):
-        """Every path's three secrets exist and STS says their credentials are `expected[path]`."""
+        """Every path's three secrets exist and STS says their credentials are `expected[path]`.
+        The assertions name the secrets but hold no value (pytest would print them)."""
         for path, arn in expected.items():
             triple = self.triple(path)
-            assert all(triple), f"{path} is missing a secret"
-            assert self.caller(triple) == arn, path
+            missing = [i for i, value in enumerate(triple) if not value]
+            assert missing == [], f"{path} is missing secrets {missing}"
+            caller = self.caller(triple)
+            assert caller == arn, path
 
     def all_secret_values(self):
         return [self.secret(name) for name in self.secret_names()]
@@ -298,6 +306,12 @@ class Emulator:
         values += [v for v in self.all_secret_values() if v]
         values += [v for v in self.all_parameter_values() if v]
         return [v for v in values + self.rotator_secrets if v]
+
+
+def digest(values):
+    """A short digest of credential values, to compare them in an assertion that pytest
+    would otherwise print in full."""
+    return hashlib.sha256(repr(values).encode()).hexdigest()[:16]
 
 
 def account(name, role_arn, **extra):

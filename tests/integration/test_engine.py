@@ -3,7 +3,7 @@ single-secret JSON format."""
 
 import json
 
-from emulator import HOME_ACCOUNT, OTHER_ACCOUNT, account, team
+from emulator import HOME_ACCOUNT, OTHER_ACCOUNT, account, digest, team
 from faults import FaultProxy
 from spin import EVERY_SECOND
 
@@ -56,8 +56,8 @@ def test_accounts_rotate_only_when_due_and_the_log_says_why(aws):
             ("beta", "lab", "expires_soon"),
         }
         assert [(e["account"], e["reason"]) for e in due.of("account_skipped")] == [("prod", "fresh")]
-    assert aws.triple("/concourse/alpha/dev") != values["/concourse/alpha/dev"]
-    assert aws.triple("/concourse/alpha/prod") == values["/concourse/alpha/prod"]
+    assert digest(aws.triple("/concourse/alpha/dev")) != digest(values["/concourse/alpha/dev"])
+    assert digest(aws.triple("/concourse/alpha/prod")) == digest(values["/concourse/alpha/prod"])
     state = json.loads(aws.store()["state/alpha"])
     assert state["accounts"]["dev"]["consecutive_failures"] == 0
     assert not any(secret in json.dumps(aws.store()) for triple in values.values() for secret in triple)
@@ -73,7 +73,7 @@ def test_a_removed_team_loses_its_state_and_keeps_its_secrets(aws):
     run = aws.run(aws.variables(keys))
     assert [e["team"] for e in run.of("team_removed")] == ["beta"]
     assert "state/beta" not in aws.store()
-    assert all(aws.triple("/concourse/beta/lab"))
+    assert aws.written("/concourse/beta/lab") == ["access-key", "secret-key", "session-token"]
 
 
 def test_overlapping_ticks_never_interleave_writes(aws):
@@ -143,6 +143,6 @@ def test_the_json_format_holds_a_working_set_in_one_secret(aws):
     assert run.returncode == 0, run.output
     document = json.loads(aws.secret("/concourse/alpha/dev"))
     triple = (document["access_key_id"], document["secret_access_key"], document["session_token"])
-    assert triple == aws.triple("/concourse/alpha/dev")
+    assert digest(triple) == digest(aws.triple("/concourse/alpha/dev"))
     assert aws.caller(triple).endswith("assumed-role/concourse-ci/alpha")
     assert document["expiration"].endswith("Z")

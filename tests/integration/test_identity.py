@@ -230,7 +230,7 @@ def test_aws_role_arn_is_assumed_first_as_concourse_sts_and_rotated_as(aws):
     assert (failure["account"], failure["stage"]) == ("long", "config")
     assert "3600s" in failure["error"] and "aws_role_arn is set" in failure["error"], failure["error"]
     assert [s for s in sessions if s[0] == long_role] == []
-    assert aws.triple("/concourse/alpha/long") == (None, None, None)
+    assert aws.written("/concourse/alpha/long") == []
 
 
 def test_the_one_hour_cap_of_a_role_session_is_a_config_error_before_sts(aws):

@@ -77,7 +77,7 @@ def test_invalid_documents_and_a_denied_account_leave_every_other_account_rotate
     assert run.returncode == 1
     assert run.rotated() == set(EXPECTED) | {("gamma", "ok")}
     assert_working_triples(aws)
-    assert aws.triple("/concourse/gamma/denied") == (None, None, None)
+    assert aws.written("/concourse/gamma/denied") == []
 
     failed = run.of("account_failed")
     assert [(e["team"], e["account"], e["role_arn"], e["code"]) for e in failed] == [
@@ -114,7 +114,7 @@ def test_a_wrong_secret_key_is_a_signature_failure_not_a_trap(aws):
     codes = {e["code"] for e in run.of("account_failed")}
     assert codes == {"SignatureDoesNotMatch"}
     assert len(run.of("account_failed")) == 3
-    assert aws.triple("/concourse/alpha/dev") == (None, None, None)
+    assert aws.written("/concourse/alpha/dev") == []
 
 
 def test_bad_variables_stop_the_tick_with_an_error_naming_the_variable(aws):

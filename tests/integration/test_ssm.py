@@ -9,7 +9,6 @@ Credential values are never put where pytest would print them: comparisons of va
 made into booleans or digests first, and STS is asked through `identity()`, which answers
 with an ARN or an error code."""
 
-import hashlib
 import json
 import threading
 import time
@@ -18,7 +17,7 @@ from urllib.parse import parse_qs
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from emulator import HOME_ACCOUNT, OTHER_ACCOUNT, account, team
+from emulator import HOME_ACCOUNT, OTHER_ACCOUNT, account, digest, team
 from faults import FaultProxy
 
 MINUTES = 60
@@ -51,11 +50,6 @@ def ssm_rotator(aws):
     aws.allow_parameter_store()
     aws.enforce()
     return keys
-
-
-def digest(values):
-    """A short digest of credential values, safe to print and to compare."""
-    return hashlib.sha256("\0".join(v or "<none>" for v in values).encode()).hexdigest()[:16]
 
 
 def identity(aws, triple):
