@@ -144,7 +144,11 @@ impl<T: Transport, C: Clock, K: KeyValue> Engine<'_, T, C, K> {
         };
         let result = self.rotate(scope, started, &lease).await;
         lease.release().context("releasing the lease")?;
-        result
+        // Said once the lease is given back: a host stopped right after this line leaves
+        // no lease to wait for.
+        let mut summary = result?;
+        self.finish(&mut summary, started);
+        Ok(summary)
     }
 
     /// The tick proper, under the lease: everything is read again, since another tick may
@@ -179,7 +183,6 @@ impl<T: Transport, C: Clock, K: KeyValue> Engine<'_, T, C, K> {
         if let Some(failure) = self.client.credentials_failure() {
             return Err(failure.into());
         }
-        self.finish(&mut summary, started);
         Ok(summary)
     }
 

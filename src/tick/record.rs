@@ -47,11 +47,27 @@ impl Record {
                 changed.insert(team.clone());
             }
         }
+        // A team whose document changed since its state was written starts its accounts'
+        // backoff over.
+        let rewritten: BTreeSet<&str> = plan
+            .jobs
+            .iter()
+            .filter(|job| {
+                states
+                    .get(&job.team)
+                    .is_some_and(|s| s.document != job.team_digest)
+            })
+            .map(|job| job.team.as_str())
+            .collect();
         let mut was_incomplete = BTreeMap::new();
         for job in &plan.jobs {
             let state = states.entry(job.team.clone()).or_default();
             state.document.clone_from(&job.team_digest);
             let account = state.accounts.entry(job.account.name.clone()).or_default();
+            if rewritten.contains(job.team.as_str()) {
+                account.consecutive_failures = 0;
+                account.next_attempt = None;
+            }
             was_incomplete.insert(key(job), account.incomplete);
             account.incomplete = true;
             changed.insert(job.team.clone());

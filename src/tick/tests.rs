@@ -1292,7 +1292,7 @@ fn a_failing_account_backs_off_and_says_whether_it_can_heal() {
         Some(aws.clock.now() + chrono::Duration::minutes(10))
     );
 
-    // A changed team document starts over.
+    // A changed team document starts over: tried at once...
     store
         .set(
             "team/alpha",
@@ -1300,11 +1300,17 @@ fn a_failing_account_backs_off_and_says_whether_it_can_heal() {
         )
         .unwrap();
     aws.calls.borrow_mut().clear();
-    tick(&aws, &store);
+    let (_, events) = tick(&aws, &store);
     assert!(aws
         .calls
         .borrow()
         .contains(&format!("AssumeRole {}", role("ci"))));
+    // ... and a failure then is the first again: retried at the next tick.
+    assert!(failure(&events).get("next_attempt").is_none());
+    assert_eq!(
+        state(&store, "alpha").accounts["dev"].consecutive_failures,
+        1
+    );
 }
 
 #[test]
