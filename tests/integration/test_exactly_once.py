@@ -1,5 +1,6 @@
 """Issue #10 on the real `spin up`: the lease (a lease left by a dead tick, a lease key
-that is not ours), idempotent secret writes when an answer is lost, backing off from
+that is not ours, a lease taken over in the middle of a tick and the fence before an
+account's writes), idempotent secret writes when an answer is lost, backing off from
 failures, a shared Redis store that keeps what others wrote, and store commits that do
 not grow with the number of accounts.
 
@@ -8,6 +9,7 @@ test_nodes.py; this file does not repeat them."""
 
 import json
 import re
+import sqlite3
 import subprocess
 from datetime import datetime, timedelta, timezone
 
@@ -15,7 +17,7 @@ import pytest
 
 from emulator import HOME_ACCOUNT, OTHER_ACCOUNT, account, team
 from faults import DropWriteAnswers, FaultProxy
-from spin import ROOT, redis_runtime_config, start_in_time
+from spin import ROOT, TICK_TIMEOUT_S, redis_runtime_config, start_in_time
 
 MINUTE = 60
 HOUR = 60 * MINUTE
@@ -126,6 +128,49 @@ def test_a_lease_key_holding_something_else_is_left_alone_and_the_tick_fails(aws
     assert run.errors and LEASE in str(run.error)
     assert aws.store()[LEASE] == "someone else's"
     assert aws.secret_names() == []
+
+
+def replace_value(node, key, text):
+    """Overwrites a key of the node's SQLite store while `spin up` runs, as another node
+    sharing the store would."""
+    with sqlite3.connect(node.state / "sqlite_key_value.db", timeout=30) as db:
+        changed = db.execute(
+            "UPDATE spin_key_value SET value = ? WHERE store = 'default' AND key = ?", (text.encode(), key)
+        ).rowcount
+    assert changed == 1, f"no {key} to replace"
+
+
+def test_a_tick_whose_lease_is_taken_over_writes_nothing_more_and_the_next_tick_repairs(aws):
+    teams = three_accounts(aws)
+    keys = aws.rotator()
+    aws.enforce()
+    usurper = json.dumps({"holder": "tick-usurper", "expires_at": rfc3339(host_now().replace(microsecond=0) + timedelta(hours=1))})
+    # Every request takes three seconds: the tick is still waiting for its AssumeRole
+    # answers when the lease is taken over (as another node would once it presumed this
+    # tick dead). The fence before each account's writes must see it.
+    with FaultProxy(aws.url, kinds=["latency"], rate=1.0, latency=3.0) as proxy:
+        [process] = start_in_time([aws.main], aws.variables(keys, aws_endpoint_url=proxy.url), teams)
+        started = lambda: any(e["event"] == "tick_started" for e in process.events())
+        process.wait_for(started, "the tick's start", TICK_TIMEOUT_S)
+        replace_value(aws.main, LEASE, usurper)
+        fenced = process.finish(process.first_tick())
+        assert len(proxy.injected) == 3, "only the three AssumeRole calls were made"
+    assert fenced.rotated() == set()
+    [lost] = fenced.of("lease_lost")
+    assert "tick-usurper" in lost["reason"]
+    assert {(e["team"], e["account"]) for e in fenced.of("account_deferred")} == set(WORKING)
+    assert aws.secret_names() == [], "no secret is written past the fence"
+    assert aws.store()[LEASE] == usurper, "the new holder's lease is left alone"
+    # Nothing stored after the lease was lost: every account still carries the mark set
+    # before any AWS call, so the next tick rewrites whole triples.
+    states = [json.loads(aws.store()[f"state/{t}"]) for t in ("alpha", "beta")]
+    assert [(a["incomplete"], a["written_at"]) for s in states for a in s["accounts"].values()] == [(True, None)] * 3
+
+    repaired = tick(aws.main, aws.variables(keys), later_s=2 * HOUR)
+    assert {(e["team"], e["account"], e["reason"]) for e in repaired.of("account_rotated")} == {
+        (t, a, "incomplete") for t, a in WORKING
+    }
+    aws.assert_working(PATHS)
 
 
 # 2. Idempotent writes
