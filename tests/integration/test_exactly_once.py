@@ -130,6 +130,30 @@ def test_a_lease_key_holding_something_else_is_left_alone_and_the_tick_fails(aws
     assert aws.secret_names() == []
 
 
+def test_two_nodes_on_one_redis_take_over_an_expired_lease_once(aws, redis):
+    """The takeover path (the key exists, so each node's swap expects the dead tick's
+    record) raced by two nodes on Spin's Redis store, whose swap answers are wrong either
+    way (DESIGN.md): exactly one node holds the lease and rotates every account once."""
+    teams = three_accounts(aws)
+    keys = aws.rotator()
+    aws.enforce()
+    expired = json.dumps({"holder": "tick-dead", "expires_at": rfc3339(host_now().replace(microsecond=0) - timedelta(hours=1))})
+    redis.command("SET", LEASE, expired)
+    config = redis_runtime_config(aws.tmp_path, redis.url)
+    nodes = [aws.node("node-a", config), aws.node("node-b", config)]
+    # Each request takes a second, so the two ticks, started on the same second, overlap.
+    with FaultProxy(aws.url, kinds=["latency"], rate=1.0, latency=1.0) as proxy:
+        processes = start_in_time(nodes, aws.variables(keys, aws_endpoint_url=proxy.url), teams)
+        runs = [process.finish(process.first_tick()) for process in processes]
+    rotated = sorted((e["team"], e["account"]) for run in runs for e in run.of("account_rotated"))
+    assert rotated == sorted(WORKING), "every account rotated exactly once across both nodes"
+    [winner] = [run for run in runs if run.of("tick_finished")]
+    [busy] = [e for run in runs for e in run.of("lease_busy")]
+    assert busy["holder"] == winner.events[0]["tick"], "the loser saw the winner's lease, not the dead one"
+    assert [run.errors for run in runs] == [[], []]
+    aws.assert_working(PATHS)
+
+
 def replace_value(node, key, text):
     """Overwrites a key of the node's SQLite store while `spin up` runs, as another node
     sharing the store would."""
