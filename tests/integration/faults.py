@@ -94,6 +94,9 @@ class FaultProxy:
             handler.wfile.write(payload[: len(payload) // 2])
             handler.close_connection = True
             handler.connection.shutdown(socket.SHUT_RDWR)
+        elif kind == "drop_answer":
+            self.forward(handler, body)
+            drop_answer(handler)
         elif kind == "silent":
             self.stopping.wait(60)
             handler.close_connection = True
@@ -219,3 +222,51 @@ class ClockCheckingProxy:
             message = "The difference between the request time and the current time is too large."
             answer = f"<ErrorResponse><Error><Type>Sender</Type><Code>RequestTimeTooSkewed</Code><Message>{message}</Message></Error><RequestId>skew-{len(self.seen)}</RequestId></ErrorResponse>"
             reply(handler, 403, answer.encode(), "text/xml")
+
+
+def drop_answer(handler):
+    """Closes the connection without a byte of answer. As kind "drop_answer" (never drawn
+    unless `kinds` names it), the request is forwarded first: it has taken effect and the
+    client cannot know."""
+    handler.close_connection = True
+    handler.connection.shutdown(socket.SHUT_RDWR)
+
+
+class DropWriteAnswers(FaultProxy):
+    """Forwards every request to moto; drops ("drop_answer") the answer of the first
+    Secrets Manager write (`X-Amz-Target: secretsmanager.*`) that moto accepted (2xx) for
+    each of the first `count` secrets so written: that write has landed, and the client
+    only sees a closed connection (its retry is answered). Every forwarded write is
+    recorded in `writes`, in the order moto answered, as a dict with its `operation`,
+    `secret` (SecretId or Name), `token` (ClientRequestToken), `status` and whether its
+    answer was `dropped`; never its value."""
+
+    def __init__(self, upstream, count):
+        super().__init__(upstream)
+        self.count = count
+        self.writes = []
+
+    def handle(self, handler, body):
+        target = handler.headers.get("X-Amz-Target", "")
+        if not target.startswith("secretsmanager."):
+            return super().handle(handler, body)
+        status, headers, payload = self.forward(handler, body)
+        request = json.loads(body)
+        with self.lock:
+            self.forwarded += 1
+            seen = {w["secret"] for w in self.writes if w["dropped"]}
+            secret = request.get("SecretId") or request.get("Name")
+            drop = 200 <= status < 300 and secret not in seen and len(seen) < self.count
+            if drop:
+                self.injected.append("drop_answer")
+            self.writes.append({
+                "operation": target.split(".", 1)[1],
+                "secret": secret,
+                "token": request.get("ClientRequestToken"),
+                "status": status,
+                "dropped": drop,
+            })
+        if drop:
+            drop_answer(handler)
+        else:
+            reply(handler, status, payload, headers.get("Content-Type"))
