@@ -65,8 +65,13 @@ class FaultProxy:
             self.forwarded += 1
             return None
 
+    def choose(self, handler, body):
+        """The fault for one request, or None to forward it: the seeded draw. A subclass may
+        choose by the request instead."""
+        return self.draw()
+
     def handle(self, handler, body):
-        kind = self.draw()
+        kind = self.choose(handler, body)
         is_json = "X-Amz-Target" in handler.headers
         if kind == "latency":
             threading.Event().wait(self.latency)
