@@ -29,8 +29,10 @@ use crate::store::{KeyValue, StoreError};
 /// Where the lease lives in the key-value store.
 pub const LEASE_KEY: &str = "lease/rotation";
 
-/// How long a newly created lease key is given before it is trusted.
-pub const SETTLE: Duration = Duration::from_millis(250);
+/// How long a newly created lease key is given before it is trusted: far longer than the
+/// two host calls between a competitor's read and its write, and short enough to hide
+/// behind the first account's `AssumeRole` (only the store's very first tick waits).
+pub const SETTLE: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

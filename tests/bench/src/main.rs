@@ -208,6 +208,8 @@ impl Bench {
                 "AWS_ENDPOINT_URL",
                 format!("http://127.0.0.1:{}", fake.port),
             ),
+            // The documented override that admits a local endpoint (spin.toml admits AWS).
+            ("ALLOWED_ENDPOINT_OVERRIDE", "http://127.0.0.1:*".to_owned()),
             ("MAX_CONCURRENCY", self.args.concurrency.to_string()),
             // Long enough that no account is deferred: the tick is measured whole.
             ("TICK_BUDGET", "60m".to_owned()),
