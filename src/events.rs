@@ -8,7 +8,6 @@ use serde::Serialize;
 
 use crate::config::Problem;
 use crate::state::Stage;
-use crate::tick::plan::{RotateReason, SkipReason};
 
 /// Where events go: stdout as JSON lines in the component, a vector in tests.
 pub trait EventSink {
@@ -112,6 +111,32 @@ pub enum Event {
         invalid_teams: usize,
         elapsed_ms: u64,
     },
+}
+
+/// Why an account is rotated this tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RotateReason {
+    NeverWritten,
+    /// A write was left half done: rewrite the whole triple, whatever the interval.
+    Incomplete,
+    ConfigChanged,
+    LastAttemptFailed,
+    ExpiresSoon,
+    /// An operator asked for it (`POST /teams/{name}/rotate`).
+    Requested,
+}
+
+/// Why an account is left alone this tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// Written less than ten minutes ago; due again at `until` at the earliest.
+    WrittenRecently,
+    /// Valid long enough; due at `until`.
+    Fresh,
+    /// Failed repeatedly; tried again at `until`.
+    BackingOff,
 }
 
 /// How loud an event is.

@@ -1,9 +1,9 @@
 //! The admin API's routes, token check and answers, against an in-memory store.
 
 use super::*;
+use crate::events::RotateReason;
 use crate::state::Stage;
 use crate::store::tests::MemoryStore;
-use crate::tick::plan::RotateReason;
 use std::cell::RefCell;
 
 const TOKEN: &str = "s3cret-admin-token";

@@ -7,13 +7,12 @@
 //! except to repair a half-written triple; and not while it backs off after failures.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 
 use crate::clock::chrono_duration;
 use std::collections::BTreeMap;
 
 use crate::config::{AccountConfig, Problem, TEAM_KEY_PREFIX};
-use crate::events::Event;
+use crate::events::{Event, RotateReason, SkipReason};
 use crate::settings::RotationRules;
 use crate::state::{fingerprint, AccountState, Stage, STATE_PREFIX};
 use crate::template::SecretPath;
@@ -38,32 +37,6 @@ impl Scope<'_> {
             Scope::Team(name) => *name == team,
         }
     }
-}
-
-/// Why an account is rotated this tick.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RotateReason {
-    NeverWritten,
-    /// A write was left half done: rewrite the whole triple, whatever the interval.
-    Incomplete,
-    ConfigChanged,
-    LastAttemptFailed,
-    ExpiresSoon,
-    /// An operator asked for it (`POST /teams/{name}/rotate`).
-    Requested,
-}
-
-/// Why an account is left alone this tick.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SkipReason {
-    /// Written less than ten minutes ago; due again at `until` at the earliest.
-    WrittenRecently,
-    /// Valid long enough; due at `until`.
-    Fresh,
-    /// Failed repeatedly; tried again at `until`.
-    BackingOff,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

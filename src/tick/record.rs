@@ -12,13 +12,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 
 use crate::aws::AwsError;
-use crate::events::Event;
+use crate::events::{Event, RotateReason};
 use crate::settings::RotationRules;
 use crate::state::{AccountState, LastError, Stage, TeamState, STATE_PREFIX};
 use crate::timing::Timing;
 
 use super::execute::Outcome;
-use super::plan::{Job, Plan, RotateReason};
+use super::plan::{Job, Plan};
 
 /// The state documents of a tick, as they are to be stored.
 pub struct Record {

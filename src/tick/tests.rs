@@ -6,12 +6,12 @@ use crate::aws::{
     CredentialsSource, Endpoints, HttpResponse, RotatorCredentials, RotatorIdentity, TransportError,
 };
 use crate::clock::tests::ManualClock;
+use crate::events::RotateReason;
 use crate::lease::LEASE_KEY;
 use crate::roles::AllowedRoles;
 use crate::state::TeamState;
 use crate::store::tests::{MemoryStore, RacedStore};
 use crate::template::{SecretFormat, SecretSink, Sink};
-use plan::RotateReason;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
