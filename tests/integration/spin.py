@@ -30,11 +30,14 @@ Then `spin up` is stopped (SIGINT to its process group, so that the trigger proc
 too; SIGKILL if it lingers).
 
 Runs that want overlapping ticks use the every-second schedule and wait for the event they
-need. "Later" is Debian's `faketime` in front of `spin up`: the wall clock of spin and its
-trigger processes (and so the component's) moves ahead, timers do not
-(FAKETIME_DONT_FAKE_MONOTONIC=1); moto does not check the signing time.
+need. "Later" is Debian's libfaketime preloaded into `spin up` (LD_PRELOAD, FAKETIME): the
+wall clock of spin and its trigger processes (and so the component's) moves ahead, timers
+do not (FAKETIME_DONT_FAKE_MONOTONIC=1); moto does not check the signing time. Not the
+`faketime` wrapper: it names a semaphore after its pid and leaves it behind when it is
+killed, and a later wrapper that gets the same pid refuses to start.
 """
 
+import glob
 import json
 import math
 import os
@@ -96,6 +99,13 @@ def find_spin():
     if not re.search(r"^trigger-cron ", plugins.stdout, re.MULTILINE):
         return None, f"{spin} has no trigger-cron plugin installed.\n" + INSTALL_HELP
     return spin, None
+
+
+def libfaketime():
+    """Debian's libfaketime (package faketime), which moves a process's wall clock."""
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
+    assert found, "libfaketime is missing: scripts/test installs Debian's faketime"
+    return found[0]
 
 
 def free_port():
@@ -361,9 +371,10 @@ class SpinNode:
         # longer parses, spin up then hands --listen to the cron trigger, and it refuses.
         env["RUST_LOG"] = "trigger_cron=info"
         if later_s:
+            env["LD_PRELOAD"] = libfaketime()
+            # A signed offset in seconds: "+6000" is later, "-1200" earlier.
+            env["FAKETIME"] = f"{int(later_s):+d}"
             env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1"
-            # A signed offset: "+6000" is later, "-1200" earlier.
-            args = ["faketime", "-f", f"{int(later_s):+d}"] + args
         process = SpinUp(self, args, env, f"http://127.0.0.1:{port}")
         self.processes.append(process)
         return process
