@@ -16,11 +16,19 @@ pub const NOT_FOUND: &str = "ResourceNotFoundException";
 /// The error code of a `CreateSecret` that lost a race with another writer.
 pub const ALREADY_EXISTS: &str = "ResourceExistsException";
 
-/// One Secrets Manager operation, ready to be sent.
+/// One operation of a JSON-protocol service (Secrets Manager, Parameter Store), ready
+/// to be sent.
 pub struct Operation {
     /// The `X-Amz-Target` header value.
     pub target: &'static str,
     pub body: Vec<u8>,
+}
+
+impl Operation {
+    pub(super) fn new(target: &'static str, body: &impl Serialize) -> Self {
+        let body = serde_json::to_vec(body).expect("string, bool and tag fields always serialize");
+        Operation { target, body }
+    }
 }
 
 /// One secret write: where, what, and the token that makes a retry of it idempotent.
@@ -86,31 +94,27 @@ struct CreateSecret<'a> {
 
 /// A new version of an existing secret.
 pub fn put_secret_value(write: &SecretWrite) -> Operation {
-    Operation {
-        target: "secretsmanager.PutSecretValue",
-        body: to_json(&PutSecretValue {
+    Operation::new(
+        "secretsmanager.PutSecretValue",
+        &PutSecretValue {
             secret_id: write.name,
             secret_string: write.value,
             client_request_token: &write.request_token,
-        }),
-    }
+        },
+    )
 }
 
 /// A secret that does not exist yet, with its first version.
 pub fn create_secret(write: &SecretWrite) -> Operation {
-    Operation {
-        target: "secretsmanager.CreateSecret",
-        body: to_json(&CreateSecret {
+    Operation::new(
+        "secretsmanager.CreateSecret",
+        &CreateSecret {
             name: write.name,
             secret_string: write.value,
             description: &write.description,
             client_request_token: &write.request_token,
-        }),
-    }
-}
-
-fn to_json(value: &impl Serialize) -> Vec<u8> {
-    serde_json::to_vec(value).expect("string fields always serialize")
+        },
+    )
 }
 
 /// What a successful write answers; its `ARN` is what proves the write landed.

@@ -271,9 +271,9 @@ struct AddTagsToResource<'a> {
 }
 
 fn put_parameter(write: &ParameterWrite, overwrite: bool) -> Operation {
-    Operation {
-        target: PUT_PARAMETER,
-        body: to_json(&PutParameter {
+    Operation::new(
+        PUT_PARAMETER,
+        &PutParameter {
             name: write.name,
             value: write.value,
             r#type: "SecureString",
@@ -282,8 +282,8 @@ fn put_parameter(write: &ParameterWrite, overwrite: bool) -> Operation {
             description: &write.description,
             key_id: write.key_id,
             tags: (!overwrite).then(|| write.tags()),
-        }),
-    }
+        },
+    )
 }
 
 /// A parameter that does not exist yet, tagged with its team and account. Answers
@@ -300,18 +300,14 @@ pub fn overwrite_parameter(write: &ParameterWrite) -> Operation {
 
 /// The team and account tags on an existing parameter (added or overwritten).
 pub fn tag_parameter(write: &ParameterWrite) -> Operation {
-    Operation {
-        target: ADD_TAGS_TO_RESOURCE,
-        body: to_json(&AddTagsToResource {
+    Operation::new(
+        ADD_TAGS_TO_RESOURCE,
+        &AddTagsToResource {
             resource_type: "Parameter",
             resource_id: write.name,
             tags: write.tags(),
-        }),
-    }
-}
-
-fn to_json(value: &impl Serialize) -> Vec<u8> {
-    serde_json::to_vec(value).expect("string and bool fields always serialize")
+        },
+    )
 }
 
 /// A JSON object with any fields.

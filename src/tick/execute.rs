@@ -4,6 +4,8 @@
 //! every failed attempt is reported as it happens; the account itself ends in one
 //! [`Outcome`].
 
+use std::future::Future;
+
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -106,12 +108,32 @@ impl<T: Transport, C: Clock, K: KeyValue> Executor<'_, T, C, K> {
             duration_seconds: job.account.duration_seconds,
             external_id: job.account.external_id.as_deref(),
         };
+        self.retried(job, "assume_role", None, || {
+            self.client.assume_role(&request)
+        })
+        .await
+    }
+
+    /// `attempt`, retried in the standard mode within the tick's deadline; every failed
+    /// attempt is reported as `operation` (on `secret`, when it writes one).
+    async fn retried<R, Fut>(
+        &self,
+        job: &Job,
+        operation: &'static str,
+        secret: Option<&str>,
+        attempt: impl FnMut() -> Fut,
+    ) -> Result<R, AwsError>
+    where
+        Fut: Future<Output = Result<R, AwsError>>,
+    {
+        let report =
+            |failed: FailedAttempt<'_>| self.attempt_failed(job, operation, secret, failed);
         with_retries(
             &self.rules.retry,
             self.clock,
             self.deadline,
-            || self.client.assume_role(&request),
-            |failed| self.attempt_failed(job, "assume_role", None, failed),
+            attempt,
+            report,
         )
         .await
     }
@@ -170,9 +192,7 @@ impl<T: Transport, C: Clock, K: KeyValue> Executor<'_, T, C, K> {
         let values = credentials.secret_values();
         let value = target.value.expose_secret();
         let (team, account) = (job.team.as_str(), job.account.name.as_str());
-        let report = |failed: FailedAttempt<'_>| {
-            self.attempt_failed(job, target.operation(), Some(&target.name), failed)
-        };
+        let (operation, name) = (target.operation(), Some(target.name.as_str()));
         match target.sink {
             Sink::SecretsManager => {
                 let write = SecretWrite::new(&target.name, value, credentials, team, account);
@@ -180,14 +200,7 @@ impl<T: Transport, C: Clock, K: KeyValue> Executor<'_, T, C, K> {
                     let sent = self.client.write_secret(self.pacer, &write);
                     async { sent.await.map_err(|error| error.redacted(&values)) }
                 };
-                with_retries(
-                    &self.rules.retry,
-                    self.clock,
-                    self.deadline,
-                    attempt,
-                    report,
-                )
-                .await
+                self.retried(job, operation, name, attempt).await
             }
             Sink::ParameterStore => {
                 let key_id = self.rules.ssm_key_id.as_deref();
@@ -202,14 +215,7 @@ impl<T: Transport, C: Clock, K: KeyValue> Executor<'_, T, C, K> {
                         .write_parameter(self.ssm_pacer, &write, expectation);
                     async { sent.await.map_err(|error| error.redacted(&values)) }
                 };
-                let written = with_retries(
-                    &self.rules.retry,
-                    self.clock,
-                    self.deadline,
-                    attempt,
-                    report,
-                )
-                .await?;
+                let written = self.retried(job, operation, name, attempt).await?;
                 if let ParameterWritten::CreatedUntagged { tagging } = &written {
                     self.untagged(job, &target.name, tagging);
                 }
@@ -221,16 +227,12 @@ impl<T: Transport, C: Clock, K: KeyValue> Executor<'_, T, C, K> {
     /// A parameter an overwrite created could not be tagged: it holds its value, only
     /// the tags naming team and account are missing.
     fn untagged(&self, job: &Job, name: &str, error: &AwsError) {
-        self.sink.emit(&Event::AttemptFailed {
-            team: job.team.clone(),
-            account: job.account.name.clone(),
-            operation: "tag_parameter",
-            secret: Some(name.to_owned()),
+        let failed = FailedAttempt {
             attempt: 1,
-            code: error.code().map(str::to_owned),
-            retry_in_ms: None,
-            error: error.to_string(),
-        });
+            error,
+            retry_in: None,
+        };
+        self.attempt_failed(job, "tag_parameter", Some(name), failed);
     }
 
     fn attempt_failed(

@@ -87,6 +87,21 @@ impl Future for YieldOnce {
     }
 }
 
+/// `triple` (key id, secret, token written at `path`), checked to come from one of the
+/// fake's AssumeRole answers: `ASIAFAKE<n>` with `secret-<n>-…` and `token-<n>-…`.
+fn one_assume_role(path: &str, triple: [String; 3]) -> [String; 3] {
+    let n: usize = triple[0].trim_start_matches("ASIAFAKE").parse().unwrap();
+    assert!(
+        triple[1].starts_with(&format!("secret-{n}-")),
+        "mixed triple at {path}: {triple:?}"
+    );
+    assert!(
+        triple[2].starts_with(&format!("token-{n}-")),
+        "mixed triple at {path}: {triple:?}"
+    );
+    triple
+}
+
 fn reply(status: u16, body: impl Into<String>) -> HttpResponse {
     HttpResponse::new(status, body.into())
 }
@@ -187,18 +202,33 @@ impl FakeAws {
         }
     }
 
-    /// Parameter Store as AWS answers: tags only on a create, a taken name refused
-    /// without `Overwrite`, every put a new version.
-    fn parameter_store(&self, target: &str, body: &[u8]) -> HttpResponse {
+    /// A JSON-protocol call, recorded as "<operation> <name>": the operation from the
+    /// `X-Amz-Target` after the service's `prefix`, the name from the first of
+    /// `name_fields` the body has. Answers the operation, the name and the parsed body.
+    fn json_call<'t>(
+        &self,
+        target: &'t str,
+        prefix: &str,
+        body: &[u8],
+        name_fields: [&str; 2],
+    ) -> (&'t str, String, serde_json::Value) {
         let body: serde_json::Value = serde_json::from_slice(body).unwrap();
-        let operation = target.trim_start_matches("AmazonSSM.");
-        let name = body
-            .get("Name")
-            .or_else(|| body.get("ResourceId"))
+        let operation = target.trim_start_matches(prefix);
+        let name = name_fields
+            .iter()
+            .find_map(|field| body.get(field))
             .and_then(|v| v.as_str())
             .unwrap()
             .to_owned();
         self.calls.borrow_mut().push(format!("{operation} {name}"));
+        (operation, name, body)
+    }
+
+    /// Parameter Store as AWS answers: tags only on a create, a taken name refused
+    /// without `Overwrite`, every put a new version.
+    fn parameter_store(&self, target: &str, body: &[u8]) -> HttpResponse {
+        let (operation, name, body) =
+            self.json_call(target, "AmazonSSM.", body, ["Name", "ResourceId"]);
         if self.ssm_denied {
             return reply(
                 400,
@@ -256,28 +286,12 @@ impl FakeAws {
         let parameters = self.parameters.borrow();
         let triple = ["access-key", "secret-key", "session-token"]
             .map(|suffix| parameters[&format!("{path}-{suffix}")].0.clone());
-        let n: usize = triple[0].trim_start_matches("ASIAFAKE").parse().unwrap();
-        assert!(
-            triple[1].starts_with(&format!("secret-{n}-")),
-            "mixed: {triple:?}"
-        );
-        assert!(
-            triple[2].starts_with(&format!("token-{n}-")),
-            "mixed: {triple:?}"
-        );
-        triple
+        one_assume_role(path, triple)
     }
 
     fn secrets_manager(&self, target: &str, body: &[u8]) -> HttpResponse {
-        let body: serde_json::Value = serde_json::from_slice(body).unwrap();
-        let operation = target.trim_start_matches("secretsmanager.");
-        let name = body
-            .get("SecretId")
-            .or_else(|| body.get("Name"))
-            .and_then(|v| v.as_str())
-            .unwrap()
-            .to_owned();
-        self.calls.borrow_mut().push(format!("{operation} {name}"));
+        let (operation, name, body) =
+            self.json_call(target, "secretsmanager.", body, ["SecretId", "Name"]);
         let token = body["ClientRequestToken"].as_str().unwrap_or_default();
         self.tokens
             .borrow_mut()
@@ -325,16 +339,7 @@ impl FakeAws {
             self.secret(&format!("{path}-{suffix}"))
                 .unwrap_or_else(|| panic!("{path}-{suffix} missing"))
         });
-        let n: usize = triple[0].trim_start_matches("ASIAFAKE").parse().unwrap();
-        assert!(
-            triple[1].starts_with(&format!("secret-{n}-")),
-            "mixed triple at {path}: {triple:?}"
-        );
-        assert!(
-            triple[2].starts_with(&format!("token-{n}-")),
-            "mixed triple at {path}: {triple:?}"
-        );
-        triple
+        one_assume_role(path, triple)
     }
 
     fn count_calls(&self, prefix: &str) -> usize {
@@ -1222,6 +1227,12 @@ fn test_client(aws: &FakeAws) -> AwsClient<&FakeAws> {
     client_as(aws, keys)
 }
 
+/// A client whose own credentials come from the fake's IMDS at `http://imds.test`.
+fn imds_client(aws: &FakeAws) -> AwsClient<&FakeAws> {
+    let endpoint = "http://imds.test".into();
+    client_as(aws, CredentialsSource::Imds { endpoint })
+}
+
 fn client_as(aws: &FakeAws, source: CredentialsSource) -> AwsClient<&FakeAws> {
     let identity = RotatorIdentity {
         source,
@@ -1460,12 +1471,7 @@ fn accounts_whose_secrets_would_collide_make_their_team_invalid() {
 fn without_the_rotators_credentials_the_tick_fails_before_any_aws_call() {
     let aws = FakeAws::default();
     let store = two_teams();
-    let client = client_as(
-        &aws,
-        CredentialsSource::Imds {
-            endpoint: "http://imds.test".into(),
-        },
-    );
+    let client = imds_client(&aws);
     let (result, _) = futures::executor::block_on(run_engine(
         &client,
         &aws,
@@ -1592,12 +1598,7 @@ fn credentials_that_cannot_be_refreshed_stop_the_tick_without_charging_accounts(
         ..Default::default()
     };
     let store = two_teams();
-    let client = client_as(
-        &aws,
-        CredentialsSource::Imds {
-            endpoint: "http://imds.test".into(),
-        },
-    );
+    let client = imds_client(&aws);
     let (result, events) = futures::executor::block_on(run_engine(
         &client,
         &aws,

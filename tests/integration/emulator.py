@@ -211,6 +211,38 @@ class Emulator:
         the tick that many seconds in the host's future."""
         return self.main.run(variables, teams, raw, later_s)
 
+    def run_until_settled(self, variables, teams, accounts, ticks=8, gap_s=11 * 60):
+        """Ticks `gap_s` apart, the first registering `teams`, until `settled(accounts)` or
+        `ticks` have run; each tick must end (0 or 1) without a trap. The default gap is
+        past the ten-minute rule a repair that fails again obeys, and past the backoff of
+        an account that keeps failing when `failure_backoff_max` is five minutes. The runs."""
+        runs = []
+        for tick in range(ticks):
+            run = self.run(variables, teams if tick == 0 else (), later_s=tick * gap_s)
+            runs.append(run)
+            assert run.returncode in (0, 1), run.output
+            assert not run.trapped, run.output
+            if self.settled(accounts):
+                break
+        return runs
+
+    def settled(self, accounts):
+        """Whether `accounts` accounts have a state and each one's last attempt wrote its
+        whole set: nothing half written, nothing failing."""
+        found = self.account_states()
+        return len(found) == accounts and all(
+            not s["incomplete"] and s["consecutive_failures"] == 0 for s in found.values()
+        )
+
+    def account_states(self):
+        """{(team, account): state} from every state/<team> document."""
+        found = {}
+        for key, text in self.store().items():
+            if key.startswith("state/"):
+                for name, state in json.loads(text)["accounts"].items():
+                    found[(key[len("state/"):], name)] = state
+        return found
+
     def close(self):
         """Stops every `spin up` still running."""
         for node in self.nodes:
@@ -320,3 +352,28 @@ def account(name, role_arn, **extra):
 
 def team(name, *accounts):
     return {"name": name, "accounts": list(accounts)}
+
+
+def three_accounts(aws):
+    """Two teams, three accounts in two AWS accounts; prod lives twice as long."""
+    home, other = aws.ci_role(HOME_ACCOUNT), aws.ci_role(OTHER_ACCOUNT)
+    return [
+        team("alpha", account("dev", home), account("prod", other, duration=7200)),
+        team("beta", account("lab", other)),
+    ]
+
+
+def hostile_teams(role):
+    """{key: document} of teams whose names are built to write outside their own path
+    (`..`, `/`, a trailing space, a newline, a non-ASCII letter) or that repeat an account,
+    all assuming `role`: every one must be refused."""
+    return {
+        "team/evil": team("evil", account("../alpha/dev", role)),
+        "team/evil2": team("evil2", account("x/../../alpha/dev", role)),
+        "team/../alpha": team("../alpha", account("dev", role)),
+        "team/alpha/dev": team("alpha/dev", account("x", role)),
+        "team/alpha ": team("alpha ", account("dev", role)),
+        "team/evil3": team("evil3", account("dev\n", role)),
+        "team/\u00e9quipe": team("\u00e9quipe", account("dev", role)),
+        "team/evil4": team("evil4", account("dev", role), account("dev", role)),
+    }

@@ -13,13 +13,14 @@ import random
 import socket
 import threading
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
+
+from local_http import LocalServer, QuietHandler
 
 KINDS = ("http500", "http503", "throttle", "latency", "reset", "truncated", "garbage", "huge", "silent")
 
 
-class FaultProxy:
+class FaultProxy(LocalServer):
     def __init__(self, upstream, kinds=KINDS, rate=0.0, seed=7, latency=0.2):
         self.upstream = urlparse(upstream)
         self.kinds = list(kinds)
@@ -32,29 +33,16 @@ class FaultProxy:
         self.forwarded = 0
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 proxy.handle(self, body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
+        super().__init__(Handler)
 
     def __exit__(self, *exc):
         self.stopping.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().__exit__(*exc)
 
     def draw(self):
         with self.lock:
@@ -142,7 +130,7 @@ def reply(handler, status, payload, content_type):
 MAX_SKEW_S = 300
 
 
-class ClockCheckingProxy:
+class ClockCheckingProxy(LocalServer):
     """A proxy in front of moto (which does not check when a request was signed) that
     refuses, as AWS does, a request whose `X-Amz-Date` is more than 5 minutes from the
     proxy's own clock: STS (query protocol) with XML `RequestTimeTooSkewed` (HTTP 403),
@@ -161,12 +149,7 @@ class ClockCheckingProxy:
         self.request_ids = []
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def send_response(self, code, message=None):
                 # send_response adds Date itself; without it, only the status line.
                 self.log_request(code)
@@ -178,18 +161,7 @@ class ClockCheckingProxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 proxy.handle(self, body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
     def refused(self):
         return [operation for operation, refused, _ in self.seen if refused]

@@ -1,6 +1,6 @@
 """Fake metadata services for the rotator's own credentials: the EC2 instance metadata
 service (IMDSv2 only) and a container credentials endpoint (ECS task roles, EKS Pod
-Identity), each a small threaded HTTP server on 127.0.0.1 like faults.py.
+Identity), each a local_http.LocalServer.
 
 What they hand out is real to moto: `instance_role` creates a rotator role in moto with
 the documented rotator policy and assumes it (as test-admin, while moto's checks are still
@@ -28,9 +28,9 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from emulator import HOME_ACCOUNT, rotator_policy
+from local_http import LocalServer, QuietHandler
 
 IMDS_TOKEN_PATH = "/latest/api/token"
 IMDS_CREDENTIALS_PATH = "/latest/meta-data/iam/security-credentials/"
@@ -91,7 +91,7 @@ class Fetch:
     expiration: datetime
 
 
-class MetadataService:
+class MetadataService(LocalServer):
     """`mode` "imds" or "container". `credentials`: (key, secret, token) sets served one
     per fetch (the last repeats); `expires_in`: seconds from the moment of each fetch
     (the last repeats); `authorization`: the container endpoint's expected token."""
@@ -111,12 +111,7 @@ class MetadataService:
         self.tokens = {}
         service = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def do_PUT(self):
                 service.handle(self, "PUT")
 
@@ -126,18 +121,7 @@ class MetadataService:
             def do_POST(self):
                 service.handle(self, "POST")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
     @property
     def full_uri(self):

@@ -3,19 +3,11 @@ single-secret JSON format."""
 
 import json
 
-from emulator import HOME_ACCOUNT, OTHER_ACCOUNT, account, digest, team
+from emulator import HOME_ACCOUNT, OTHER_ACCOUNT, digest, three_accounts
 from faults import FaultProxy
 from spin import EVERY_SECOND
 
 MINUTES = 60
-
-
-def three_accounts(aws):
-    home, other = aws.ci_role(HOME_ACCOUNT), aws.ci_role(OTHER_ACCOUNT)
-    return [
-        team("alpha", account("dev", home), account("prod", other, duration=7200)),
-        team("beta", account("lab", other)),
-    ]
 
 
 WORKING = {
@@ -101,37 +93,20 @@ def test_overlapping_ticks_never_interleave_writes(aws):
     assert_all_working(aws)
 
 
-def consistent(aws):
-    """Whether every account's last attempt wrote its whole set: nothing half written,
-    nothing failing."""
-    states = [json.loads(v) for k, v in aws.store().items() if k.startswith("state/")]
-    accounts = [a for state in states for a in state["accounts"].values()]
-    return len(accounts) == 3 and all(not a["incomplete"] and a["consecutive_failures"] == 0 for a in accounts)
-
-
 def test_thirty_percent_faults_end_consistent_within_a_few_ticks(aws):
     teams = three_accounts(aws)
     keys = aws.rotator()
     aws.enforce()
-    runs = []
     with FaultProxy(aws.url, rate=0.3, seed=20261127, latency=0.05) as proxy:
-        # Ticks eleven minutes apart: past the ten-minute rule, which a repair that fails
-        # again obeys, and past the backoff of an account that keeps failing (capped at
-        # five minutes here).
+        # Ticks eleven minutes apart, past the backoff (capped at five minutes here).
         variables = aws.variables(keys, aws_endpoint_url=proxy.url, failure_backoff_max="5m")
-        for tick in range(8):
-            run = aws.run(variables, teams if tick == 0 else (), later_s=tick * 11 * 60)
-            runs.append(run)
-            assert run.returncode in (0, 1), run.output
-            assert not run.trapped, run.output
-            if consistent(aws):
-                break
+        runs = aws.run_until_settled(variables, teams, accounts=3)
     assert proxy.injected, "no fault was injected"
     attempts = [e for run in runs for e in run.of("attempt_failed")]
     assert attempts, "no failed attempt was logged"
     assert all(e["team"] and e["account"] and e["operation"] and e["error"] for e in attempts)
     assert len(attempts) <= len(proxy.injected)
-    assert consistent(aws), "still half written or failing after eight ticks"
+    assert aws.settled(3), "still half written or failing after eight ticks"
     assert_all_working(aws)
 
 

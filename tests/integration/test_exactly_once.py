@@ -13,8 +13,6 @@ import sqlite3
 import subprocess
 from datetime import datetime, timedelta, timezone
 
-import pytest
-
 from emulator import HOME_ACCOUNT, OTHER_ACCOUNT, account, team
 from faults import DropWriteAnswers, FaultProxy
 from spin import ROOT, TICK_TIMEOUT_S, redis_runtime_config, start_in_time

@@ -14,7 +14,7 @@ import urllib.request
 
 from emulator import HOME_ACCOUNT, ROTATOR_USER, account, rotator_policy, team
 from faults import FaultProxy
-from metadata import IMDS_CREDENTIALS_PATH, IMDS_TOKEN_PATH, INSTANCE_ID, MetadataService, instance_role
+from metadata import IMDS_CREDENTIALS_PATH, IMDS_TOKEN_PATH, MetadataService, instance_role
 from spin import free_port
 
 INSTANCE_ROLE = "concourse-sts-instance"

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from emulator import HOME_ACCOUNT, OTHER_ACCOUNT, account, digest, team
+from emulator import HOME_ACCOUNT, OTHER_ACCOUNT, account, digest, hostile_teams, team, three_accounts
 from faults import FaultProxy
 
 MINUTES = 60
@@ -33,15 +33,6 @@ ACCOUNTS = {
 PATHS = list(ACCOUNTS)
 ROTATED = {(t, a) for t, a, _ in ACCOUNTS.values()}
 SPLIT_NAMES = sorted(f"{path}-{suffix}" for path in PATHS for suffix in SUFFIXES)
-
-
-def three_accounts(aws):
-    """Two teams, three accounts in two AWS accounts; prod lives twice as long."""
-    home, other = aws.ci_role(HOME_ACCOUNT), aws.ci_role(OTHER_ACCOUNT)
-    return [
-        team("alpha", account("dev", home), account("prod", other, duration=7200)),
-        team("beta", account("lab", other)),
-    ]
 
 
 def ssm_rotator(aws):
@@ -85,16 +76,6 @@ def versions(aws, name):
     ssm = aws.admin_client("ssm")
     pages = ssm.get_paginator("get_parameter_history").paginate(Name=name)
     return len([v for page in pages for v in page["Parameters"]])
-
-
-def states(aws):
-    """{(team, account): state} from every state/<team> document."""
-    found = {}
-    for key, text in aws.store().items():
-        if key.startswith("state/"):
-            for name, state in json.loads(text)["accounts"].items():
-                found[(key[len("state/"):], name)] = state
-    return found
 
 
 def assert_parameters_work(aws, paths=PATHS):
@@ -193,7 +174,7 @@ def test_first_rotation_creates_tagged_secure_strings_and_a_later_one_overwrites
         assert {name: info[:2] for name, info in described(aws).items()} == {n: ("SecureString", 1) for n in SPLIT_NAMES}
         assert_parameters_work(aws)
         assert_tagged(aws, SPLIT_NAMES)
-        assert all(set(s["sinks"]) == {"ssm"} and not s["incomplete"] for s in states(aws).values())
+        assert all(set(s["sinks"]) == {"ssm"} and not s["incomplete"] for s in aws.account_states().values())
         before = {path: digest(aws.parameter_triple(path)) for path in PATHS}
         # Someone deletes one parameter by hand: the next rotation's overwrite creates it
         # again (version 1, untagged, as Parameter Store does) and then tags it.
@@ -270,7 +251,7 @@ def test_both_sinks_hold_the_same_working_credentials(aws):
         assert same, f"{path}: Secrets Manager and Parameter Store differ"
     assert_secrets_work(aws)
     assert_parameters_work(aws)
-    assert all(set(s["sinks"]) == {"secretsmanager", "ssm"} for s in states(aws).values())
+    assert all(set(s["sinks"]) == {"secretsmanager", "ssm"} for s in aws.account_states().values())
 
 
 def test_both_without_the_ssm_policy_fails_every_account_and_the_next_tick_repairs(aws):
@@ -295,7 +276,7 @@ def test_both_without_the_ssm_policy_fails_every_account_and_the_next_tick_repai
     # Secrets Manager received every account's credentials; Parameter Store nothing.
     assert_secrets_work(aws)
     assert aws.parameter_names() == []
-    for key, state in states(aws).items():
+    for key, state in aws.account_states().items():
         assert state["incomplete"] is True, key
         assert set(state["sinks"]) == {"secretsmanager"}, key
         assert state["consecutive_failures"] == 1 and state["last_error"]["stage"] == "write_secrets", key
@@ -319,15 +300,9 @@ def test_both_without_the_ssm_policy_fails_every_account_and_the_next_tick_repai
     assert_secrets_work(aws)
     assert_parameters_work(aws)
     assert_tagged(aws, SPLIT_NAMES)
-    for key, state in states(aws).items():
+    for key, state in aws.account_states().items():
         assert not state["incomplete"] and state["consecutive_failures"] == 0, key
         assert set(state["sinks"]) == {"secretsmanager", "ssm"}, key
-
-
-def consistent(aws):
-    """Every account's last attempt wrote its whole set into Parameter Store."""
-    found = states(aws)
-    return len(found) == 3 and all(not s["incomplete"] and s["consecutive_failures"] == 0 for s in found.values())
 
 
 def test_thirty_percent_faults_on_parameter_store_end_consistent_within_a_few_ticks(aws):
@@ -337,28 +312,21 @@ def test_thirty_percent_faults_on_parameter_store_end_consistent_within_a_few_ti
     # an idle machine), which would time out every write of the first tick beside the
     # faults counted: load it now.
     aws.parameter_names()
-    runs = []
     with FaultProxy(aws.url, rate=0.3, seed=20261128, latency=0.05) as proxy:
         # Only Parameter Store's calls pass the proxy: STS answers every tick. Ticks eleven
-        # minutes apart, past the ten-minute rule and the backoff (capped at five minutes);
-        # a silent answer costs request_timeout: five seconds, far above moto's answers.
+        # minutes apart, past the backoff (capped at five minutes); a silent answer costs
+        # request_timeout: five seconds, far above moto's answers.
         variables = aws.variables(
             keys, ssm_endpoint_url=proxy.url, failure_backoff_max="5m", request_timeout="5s", **SSM
         )
-        for tick in range(8):
-            run = aws.run(variables, teams if tick == 0 else (), later_s=tick * 11 * MINUTES)
-            runs.append(run)
-            assert run.returncode in (0, 1), run.output
-            assert not run.trapped, run.output
-            if consistent(aws):
-                break
+        runs = aws.run_until_settled(variables, teams, accounts=3)
     assert proxy.injected, "no fault was injected"
     attempts = [e for run in runs for e in run.of("attempt_failed")]
     assert attempts, "no failed attempt was logged"
     assert {e["operation"] for e in attempts} == {"put_parameter"}, attempts
     assert all(e["team"] and e["account"] and e["secret"] and e["error"] for e in attempts)
     assert len(attempts) <= len(proxy.injected)
-    assert consistent(aws), "still half written or failing after eight ticks"
+    assert aws.settled(3), "still half written or failing after eight ticks"
     assert aws.parameter_names() == SPLIT_NAMES
     assert aws.secret_names() == []
     assert_parameters_work(aws)
@@ -452,16 +420,7 @@ def test_names_built_to_escape_write_nothing_outside_the_team_in_parameter_store
     role = aws.ci_role(HOME_ACCOUNT)
     keys = ssm_rotator(aws)
     # The documents test_isolation.py registers, against Parameter Store.
-    hostile = {
-        "team/evil": team("evil", account("../alpha/dev", role)),
-        "team/evil2": team("evil2", account("x/../../alpha/dev", role)),
-        "team/../alpha": team("../alpha", account("dev", role)),
-        "team/alpha/dev": team("alpha/dev", account("x", role)),
-        "team/alpha ": team("alpha ", account("dev", role)),
-        "team/evil3": team("evil3", account("dev\n", role)),
-        "team/\u00e9quipe": team("\u00e9quipe", account("dev", role)),
-        "team/evil4": team("evil4", account("dev", role), account("dev", role)),
-    }
+    hostile = hostile_teams(role)
     raw = [(key, json.dumps(doc)) for key, doc in hostile.items()]
     with Recorder(aws.url) as proxy:
         run = aws.run(aws.variables(keys, aws_endpoint_url=proxy.url, **SSM), [team("alpha", account("dev", role))], raw)
