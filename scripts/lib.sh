@@ -1,6 +1,7 @@
-# Shared by scripts/test, scripts/demo, scripts/bench and scripts/register-team: install
-# what is missing, build what is stale. Everything it installs comes from crates.io, PyPI,
-# rustup or Debian's packages; Spin itself comes from PATH or ../shared/spin/install.
+# Shared by scripts/test, scripts/demo and scripts/bench: install what is missing, build
+# what is stale. Everything it installs comes from crates.io, PyPI, rustup or Debian's
+# packages; Spin itself, in either generation, comes from PATH or ../shared/spin/install
+# (Spin 3.5) and ../shared/spin4/install (Spin 4).
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
@@ -30,33 +31,130 @@ ensure_python_env() {
     cp "$ROOT/tests/requirements.txt" "$stamp"
 }
 
-spin_has_cron() {
-    command -v spin >/dev/null && spin plugins list --installed 2>/dev/null | grep -q '^trigger-cron '
+# The two Spin generations, by major version: Spin 3.5 with trigger-cron 0.3, and Spin 4
+# with the cron and command triggers of spin-trigger-plugins. Both ship a plugin named
+# trigger-cron, so each generation keeps its plugins in a data dir of its own
+# (SPIN_DATA_DIR): Spin 3.5 in Spin's default (~/.local/share/spin), Spin 4 in
+# $SPIN4_DATA_DIR. A generation found is exported as SPIN<major>_BIN and
+# SPIN<major>_DATA_DIR ('' for Spin's default), which the integration tests read.
+SPIN4_DATA_DIR="${SPIN4_DATA_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/spin4}"
+
+spin_plugins_of() {
+    case "$1" in
+        3) echo "trigger-cron" ;;
+        4) echo "trigger-cron trigger-command" ;;
+    esac
 }
 
-# `spin` with the cron trigger plugin on PATH: the one already there, else the Spin 3.5.0
-# and trigger-cron 0.3.0 beside the checkout (../shared/spin/install, as on CI). Without
-# either there is no real host to test on, and that is a failure, not a skip.
-ensure_spin() {
-    if ! spin_has_cron && [ -x "$ROOT/../shared/spin/install" ]; then
-        step "installing Spin and the cron trigger plugin from ../shared/spin"
-        local exports
-        exports="$("$ROOT/../shared/spin/install")"
-        eval "$exports"
+# Runs a spin command with the plugin data dir $1 ('' for Spin's default) and no other.
+spin_in() {
+    local data_dir="$1"
+    shift
+    if [ -n "$data_dir" ]; then
+        SPIN_DATA_DIR="$data_dir" "$@"
+    else
+        env -u SPIN_DATA_DIR "$@"
     fi
-    if ! spin_has_cron; then
-        local found="no spin on PATH"
-        command -v spin >/dev/null && found="$(spin --version) has no trigger-cron plugin"
-        cat >&2 <<MSG
-error: the tests and the demo run the component in the real Spin, and $found.
-Install Spin 3.x (tested with 3.5.0) from https://github.com/spinframework/spin/releases,
-then its cron trigger (tested with 0.3.0):
-  spin plugins install --url https://github.com/spinframework/spin-trigger-cron/releases/download/v0.3.0/trigger-cron.json
-Spin 4 users: the cron trigger's successor is in https://github.com/spinframework/spin-trigger-plugins.
-MSG
+}
+
+# Whether BIN is Spin MAJOR.x with MAJOR's trigger plugins in DATA_DIR, each one that
+# Spin itself finds compatible (it lists another generation's as "[requires Spin …]").
+spin_is_generation() {
+    local major="$1" bin="$2" data_dir="$3" installed plugin
+    [ -x "$bin" ] || return 1
+    [[ "$(spin_in "$data_dir" "$bin" --version 2>/dev/null)" == "spin $major."* ]] || return 1
+    installed="$(spin_in "$data_dir" "$bin" plugins list --installed 2>/dev/null)" || return 1
+    for plugin in $(spin_plugins_of "$major"); do
+        grep "^$plugin " <<<"$installed" | grep -qv "requires Spin" || return 1
+    done
+}
+
+# Finds Spin MAJOR (3 or 4): the `spin` on PATH when it is that generation with its
+# plugins, else the one beside the checkout (../shared/spin for 3, ../shared/spin4 for 4,
+# as on CI), installed into the generation's data dir. Without either there is no real
+# host to test on, and that is a failure, not a skip.
+ensure_spin_generation() {
+    local major="$1" bin data_dir shared exports
+    bin="$(command -v spin || true)"
+    data_dir="${SPIN_DATA_DIR:-}"
+    if ! spin_is_generation "$major" "$bin" "$data_dir"; then
+        shared="$(dirname "$ROOT")/shared/spin"
+        data_dir=""
+        if [ "$major" = 4 ]; then
+            shared="$(dirname "$ROOT")/shared/spin4"
+            data_dir="$SPIN4_DATA_DIR"
+        fi
+        if [ -x "$shared/install" ]; then
+            step "installing Spin $major and its trigger plugins from $shared${data_dir:+ into $data_dir}"
+            exports="$(spin_in "$data_dir" "$shared/install")"
+            bin="$(sed -n 's/^export PATH=\(.*\):\$PATH$/\1/p' <<<"$exports")/spin"
+        fi
+    fi
+    if ! spin_is_generation "$major" "$bin" "$data_dir"; then
+        spin_install_help "$major"
         exit 1
     fi
-    step "using $(spin --version) with $(spin plugins list --installed | grep '^trigger-cron ')"
+    export "SPIN${major}_BIN=$bin" "SPIN${major}_DATA_DIR=$data_dir"
+    step "Spin $major: $(spin_in "$data_dir" "$bin" --version) with $(spin_in "$data_dir" "$bin" plugins list --installed | grep -E "^($(spin_plugins_of "$major" | tr ' ' '|')) " | tr '\n' ' ')"
+}
+
+spin_install_help() {
+    if [ "$1" = 3 ]; then
+        cat >&2 <<'MSG'
+error: no Spin 3.5 with the cron trigger plugin. Install Spin 3.x (tested with 3.5.0) from
+https://github.com/spinframework/spin/releases, then its cron trigger (tested with 0.3.0):
+  spin plugins install --url https://github.com/spinframework/spin-trigger-cron/releases/download/v0.3.0/trigger-cron.json
+MSG
+    else
+        cat >&2 <<MSG
+error: no Spin 4 with the cron and command trigger plugins. Install Spin 4 (tested with
+4.0.2) from https://github.com/spinframework/spin/releases, then, in a plugin data dir of
+its own (Spin 3.5's trigger-cron has the same name), the cron and command triggers of
+https://github.com/spinframework/spin-trigger-plugins (tested with trigger-cron 0.5.0 and
+trigger-command 0.6.0; release tags cron-v*, command-v*, each with a plugin manifest):
+  export SPIN_DATA_DIR=$SPIN4_DATA_DIR
+  spin plugins install --url https://github.com/spinframework/spin-trigger-plugins/releases/download/cron-v0.5.0/trigger-cron.json
+  spin plugins install --url https://github.com/spinframework/spin-trigger-plugins/releases/download/command-v0.6.0/trigger-command.json
+MSG
+    fi
+}
+
+# Spin MAJOR (default 3) as `spin` for what follows (spin build, demo, bench): its folder
+# first on PATH, its plugin data dir as SPIN_DATA_DIR.
+ensure_spin() {
+    local major="${1:-3}" data_dir_var
+    ensure_spin_generation "$major"
+    data_dir_var="SPIN${major}_DATA_DIR"
+    PATH="$(dirname "$(spin_bin "$major")"):$PATH"
+    if [ -n "${!data_dir_var}" ]; then
+        export SPIN_DATA_DIR="${!data_dir_var}"
+    else
+        unset SPIN_DATA_DIR
+    fi
+}
+
+spin_bin() {
+    local bin_var="SPIN${1}_BIN"
+    echo "${!bin_var}"
+}
+
+# `--spin 3|3.5|4` among a script's arguments: sets SPIN_GENERATION (default 3) and leaves
+# the other arguments in ARGS.
+take_spin_flag() {
+    SPIN_GENERATION=3
+    ARGS=()
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --spin) SPIN_GENERATION="${2:-}"; shift 2 || shift ;;
+            --spin=*) SPIN_GENERATION="${1#--spin=}"; shift ;;
+            *) ARGS+=("$1"); shift ;;
+        esac
+    done
+    case "$SPIN_GENERATION" in
+        3 | 3.5) SPIN_GENERATION=3 ;;
+        4) ;;
+        *) echo "error: --spin takes 3 (Spin 3.5) or 4 (Spin 4), not '$SPIN_GENERATION'" >&2; exit 2 ;;
+    esac
 }
 
 # Debian packages the integration tests start: redis-server (two nodes on one store) and

@@ -1,6 +1,12 @@
-"""Fixtures: the real Spin and one moto_server per session, a fresh AWS world per test,
-and after each test a check that no credential value reached anything spin printed, the
-components logged, the admin API answered or the key-value store holds."""
+"""Fixtures: the real Spin, in both generations, and one moto_server per session, a fresh
+AWS world per test, and after each test a check that no credential value reached anything
+spin printed, the components logged, the admin API answered or the key-value store holds.
+
+Every test that uses `aws` runs once per Spin generation (ids `spin3`, `spin4`), unless
+it is marked `spin3_only(reason)` or `spin4_only(reason)`: on the other generation it is
+then skipped with that reason, which `pytest -rs` prints. A generation that is not
+available (neither SPIN<major>_BIN nor the `spin` on PATH) stops the session, as a
+missing Spin always has: a run without the real host is not a pass."""
 
 import json
 
@@ -10,17 +16,41 @@ from emulator import HOST, Emulator, start_moto_server
 from redis_store import RedisServer
 from spin import WASM, find_spin
 
+GENERATIONS = ("3", "4")
+NAMES = {"3": "Spin 3.5", "4": "Spin 4"}
 
-@pytest.fixture(scope="session")
-def spin():
-    path, problem = find_spin()
-    if path is None:
+
+def pytest_configure(config):
+    for major in GENERATIONS:
+        config.addinivalue_line(
+            "markers", f"spin{major}_only(reason): runs on {NAMES[major]} only; the reason says why not on the other"
+        )
+
+
+def pytest_collection_modifyitems(items):
+    """Skips a generation-bound scenario on the other generation, with its reason."""
+    for item in items:
+        generation = getattr(item, "callspec", None) and item.callspec.params.get("spin")
+        if generation is None:
+            continue
+        for major in GENERATIONS:
+            marker = item.get_closest_marker(f"spin{major}_only")
+            if marker is not None and generation != major:
+                reason = marker.kwargs.get("reason") or marker.args[0]
+                item.add_marker(pytest.mark.skip(reason=f"{NAMES[major]} only: {reason}"))
+
+
+@pytest.fixture(scope="session", params=GENERATIONS, ids=lambda major: f"spin{major}")
+def spin(request):
+    """The Spin generation this test runs on (spin.Generation)."""
+    generation, problem = find_spin(request.param)
+    if generation is None:
         pytest.exit(problem, 2)
-    return path
+    return generation
 
 
 @pytest.fixture(scope="session")
-def moto_url(spin, tmp_path_factory):
+def moto_url(tmp_path_factory):
     for artifact in (WASM, HOST):
         if not artifact.exists():
             pytest.exit(f"{artifact} is missing: run scripts/test, which builds it", 2)

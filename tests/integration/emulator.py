@@ -9,7 +9,6 @@ the component makes is signature-checked and authorized against the rotator's po
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -96,10 +95,11 @@ def rotator_policy_ssm():
 class Emulator:
     """The AWS world of one test, and the Spin nodes that run the component in it."""
 
-    def __init__(self, url, tmp_path, spin=None):
+    def __init__(self, url, tmp_path, generation):
         self.url = url
         self.tmp_path = tmp_path
-        self.spin = spin or shutil.which("spin")
+        # The Spin generation (spin.Generation) every node of this world runs.
+        self.generation = generation
         # Everything spin printed, the components logged and the API answered.
         self.outputs = []
         self.nodes = []
@@ -201,7 +201,7 @@ class Emulator:
     def node(self, name, runtime_config=None):
         """A Spin host of its own (state directory, logs), on the default SQLite store or
         the store `runtime_config` names."""
-        node = SpinNode(self.spin, self.tmp_path / name, self.outputs, runtime_config)
+        node = SpinNode(self.generation, self.tmp_path / name, self.outputs, runtime_config)
         self.nodes.append(node)
         return node
 

@@ -35,6 +35,15 @@ wall clock of spin and its trigger processes (and so the component's) moves ahea
 do not (FAKETIME_DONT_FAKE_MONOTONIC=1); moto does not check the signing time. Not the
 `faketime` wrapper: it names a semaphore after its pid and leaves it behind when it is
 killed, and a later wrapper that gets the same pid refuses to start.
+
+Two Spin generations. Every node runs one `Generation`: Spin 3.5 with trigger-cron 0.3, or
+Spin 4 with the cron (0.5) and command (0.6) triggers of spin-trigger-plugins. Both ship a
+plugin named trigger-cron, so each generation names the plugin data dir it was installed
+into (`SPIN_DATA_DIR`), and `spin up` gets that one and no other: which plugin a run
+loads never depends on PATH or the caller's environment. scripts/test finds both and
+passes them in SPIN3_BIN/SPIN3_DATA_DIR and SPIN4_BIN/SPIN4_DATA_DIR. The two cron plugins
+log the same lines (`trigger_cron` target: "Job scheduler started", "Component … failed:
+…"), so a tick is delimited the same way on both.
 """
 
 import glob
@@ -57,6 +66,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # What `spin build` produces and spin.toml loads.
 WASM = ROOT / "target" / "wasm32-wasip2" / "release" / "concourse_sts.wasm"
 MANIFEST = ROOT / "spin.toml"
+# The rotation as a one-shot command (Spin 4's command trigger), as SpinKube runs it.
+COMMAND_MANIFEST = ROOT / "deploy" / "spinkube" / "spin-command.toml"
 RUNTIME_CONFIG = ROOT / "runtime-config.toml"
 # One component serves both triggers.
 COMPONENT = "concourse-sts"
@@ -72,9 +83,9 @@ EXPORT_FAILED = re.compile(r"Component concourse-sts failed: Error::Other\((.*)\
 # Where a panic inside the component shows: its stderr (the plugin drops the trap itself).
 PANICKED = "panicked at"
 
-# Variables of the caller's environment that `spin up` may see besides SPIN_VARIABLE_*:
-# where Spin finds its plugins and caches compiled components.
-PASSED_THROUGH = ("PATH", "HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "SPIN_DATA_DIR", "TMPDIR", "LANG")
+# Variables of the caller's environment that `spin up` may see besides SPIN_VARIABLE_*
+# (and the generation's SPIN_DATA_DIR): where Spin caches compiled components.
+PASSED_THROUGH = ("PATH", "HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "TMPDIR", "LANG")
 
 FIRST_LEAD_S = 1.5
 # Starting Spin compiles the component once per build (then Wasmtime's cache has it).
@@ -83,22 +94,96 @@ START_TIMEOUT_S = 300
 TICK_TIMEOUT_S = 240
 STOP_TIMEOUT_S = 20
 
-INSTALL_HELP = """\
-Spin 3.x with the cron trigger plugin is needed (tested with Spin 3.5.0 and trigger-cron 0.3.0):
+INSTALL_HELP = {
+    "3": """\
+Spin 3.5 with the cron trigger plugin is needed (tested with Spin 3.5.0 and trigger-cron 0.3.0):
   install Spin 3.x from https://github.com/spinframework/spin/releases, then
   spin plugins install --url https://github.com/spinframework/spin-trigger-cron/releases/download/v0.3.0/trigger-cron.json
-(on Spin 4, the cron trigger's successor is in https://github.com/spinframework/spin-trigger-plugins)"""
+scripts/test finds it on PATH or installs it from ../shared/spin.""",
+    "4": """\
+Spin 4 with the cron and command trigger plugins is needed (tested with Spin 4.0.2,
+trigger-cron 0.5.0 and trigger-command 0.6.0 from https://github.com/spinframework/spin-trigger-plugins),
+in a plugin data dir of its own (SPIN_DATA_DIR): Spin 3.5's trigger-cron has the same name.
+scripts/test finds it on PATH or installs it from ../shared/spin4.""",
+}
 
 
-def find_spin():
-    """`spin` on PATH with the cron trigger installed, or an explanation of what is missing."""
-    spin = shutil.which("spin")
-    if spin is None:
-        return None, "no `spin` on PATH.\n" + INSTALL_HELP
-    plugins = subprocess.run([spin, "plugins", "list", "--installed"], capture_output=True, text=True, timeout=60)
-    if not re.search(r"^trigger-cron ", plugins.stdout, re.MULTILINE):
-        return None, f"{spin} has no trigger-cron plugin installed.\n" + INSTALL_HELP
-    return spin, None
+@dataclass(frozen=True)
+class Generation:
+    """One Spin generation: its `spin` and the plugin data dir it was installed into
+    (None: Spin's default, `~/.local/share/spin/plugins`)."""
+
+    major: str
+    binary: str
+    data_dir: str | None = None
+
+    # The trigger plugins each generation must have.
+    PLUGINS = {"3": ("trigger-cron",), "4": ("trigger-cron", "trigger-command")}
+
+    @property
+    def id(self):
+        return f"spin{self.major}"
+
+    @property
+    def has_command_trigger(self):
+        """Spin 3 has no command trigger ("No built-in trigger named 'command'"); Spin 4
+        runs it as the trigger-command plugin."""
+        return "trigger-command" in self.PLUGINS[self.major]
+
+    def env(self, base):
+        """`base` (an environment) with this generation's plugin data dir, and no other."""
+        env = {name: value for name, value in base.items() if name != "SPIN_DATA_DIR"}
+        if self.data_dir:
+            env["SPIN_DATA_DIR"] = self.data_dir
+        return env
+
+    def problem(self):
+        """Why this `spin` cannot run the tests (None when it can): not this generation,
+        or a trigger plugin missing from its data dir."""
+        env = self.env(os.environ)
+        try:
+            version = subprocess.run([self.binary, "--version"], capture_output=True, text=True, timeout=60, env=env)
+            plugins = subprocess.run(
+                [self.binary, "plugins", "list", "--installed"], capture_output=True, text=True, timeout=60, env=env
+            )
+        except OSError as error:
+            return f"{self.binary}: {error}\n" + INSTALL_HELP[self.major]
+        if not version.stdout.startswith(f"spin {self.major}."):
+            return f"{self.binary} is {version.stdout.strip() or 'not spin'}, not Spin {self.major}.\n" + INSTALL_HELP[self.major]
+        # Spin lists another generation's plugin as "[requires Spin …]".
+        usable = re.findall(r"^(\S+) .*\[installed\]$", plugins.stdout, re.MULTILINE)
+        missing = [p for p in self.PLUGINS[self.major] if p not in usable]
+        if missing:
+            where = self.data_dir or "Spin's default data dir"
+            return f"{self.binary} has no usable {', '.join(missing)} plugin in {where}.\n" + INSTALL_HELP[self.major]
+        return None
+
+
+def generations_from_env(environ=os.environ):
+    """{major: Generation} named by SPIN3_BIN/SPIN3_DATA_DIR and SPIN4_BIN/SPIN4_DATA_DIR
+    (scripts/test sets them); without either, the `spin` on PATH, as whichever generation
+    it is, with the caller's SPIN_DATA_DIR."""
+    found = {}
+    for major in ("3", "4"):
+        spin = environ.get(f"SPIN{major}_BIN")
+        if spin:
+            found[major] = Generation(major, spin, environ.get(f"SPIN{major}_DATA_DIR") or None)
+    if not found and shutil.which("spin"):
+        spin = shutil.which("spin")
+        version = subprocess.run([spin, "--version"], capture_output=True, text=True, timeout=60).stdout
+        major = version.removeprefix("spin ")[:1]
+        if major in ("3", "4"):
+            found[major] = Generation(major, spin, environ.get("SPIN_DATA_DIR") or None)
+    return found
+
+
+def find_spin(major="3"):
+    """The Generation `major` from the environment, or an explanation of what is missing."""
+    generation = generations_from_env().get(major)
+    if generation is None:
+        return None, f"no Spin {major} (SPIN{major}_BIN, or `spin` on PATH).\n" + INSTALL_HELP[major]
+    problem = generation.problem()
+    return (None, problem) if problem else (generation, None)
 
 
 def libfaketime():
@@ -124,14 +209,29 @@ def manifest_copy(directory, schedule):
     is named by its absolute path and the build section (which runs in the project) goes."""
     text = MANIFEST.read_text()
     text, crons = re.subn(r'^cron_expression = ".*"$', f'cron_expression = "{schedule}"', text, flags=re.MULTILINE)
-    relative = f'source = "{WASM.relative_to(ROOT)}"'
-    sources = text.count(relative)
-    text = text.replace(relative, f'source = "{WASM}"')
+    text, sources = absolute_source(text, MANIFEST)
     text, builds = re.subn(r"^\[component\.[a-z-]+\.build\]\n(?:[^\[].*\n|\n)*", "", text, flags=re.MULTILINE)
     assert (crons, sources, builds) == (1, 1, 1), "spin.toml no longer has the shape the tests copy"
     path = directory / "spin.toml"
     path.write_text(text)
     return path
+
+
+def command_manifest_copy(directory):
+    """deploy/spinkube/spin-command.toml as shipped, written into `directory` with the
+    component named by its absolute path: nothing else differs."""
+    text, sources = absolute_source(COMMAND_MANIFEST.read_text(), COMMAND_MANIFEST)
+    assert sources == 1, "spin-command.toml no longer loads the built component"
+    path = directory / "spin-command.toml"
+    path.write_text(text)
+    return path
+
+
+def absolute_source(text, manifest):
+    """A manifest's text with its `source = "<path of WASM relative to the manifest>"` made
+    absolute, and how many there were."""
+    relative = f'source = "{os.path.relpath(WASM, manifest.parent)}"'
+    return text.replace(relative, f'source = "{WASM}"'), text.count(relative)
 
 
 def redis_runtime_config(directory, url):
@@ -180,11 +280,16 @@ class Run:
     # Everything spin printed and the components logged (stdout and stderr) meanwhile.
     output: str
     trapped: bool = False
+    # `spin up`'s own exit status, when it ended by itself (the command trigger).
+    exit_status: int | None = None
 
     @property
     def returncode(self):
-        """The command entry point's exit status for the same tick: 0 when the export
-        returned Ok, 1 when it returned an error."""
+        """The command trigger's exit status; for a cron tick, the one the command entry
+        point gives for the same tick: 0 when the export returned Ok, 1 when it returned
+        an error."""
+        if self.exit_status is not None:
+            return self.exit_status
         return 1 if self.errors else 0
 
     @property
@@ -328,21 +433,32 @@ class SpinUp:
 
     def finish(self, events=None):
         """Stops spin; returns the run with `events` (default: every cron event)."""
+        exit_status = self.process.poll()
         output = self.stop()
         return Run(
             events=self.events() if events is None else events,
             errors=self.export_errors(),
             output=output,
             trapped=self.trapped(),
+            exit_status=exit_status,
         )
+
+    def exited(self):
+        """Waits for `spin up` to end by itself (the command trigger's one run); returns
+        the run."""
+        try:
+            self.process.wait(timeout=TICK_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"spin up still runs after {TICK_TIMEOUT_S} s:\n{self.tail()}") from None
+        return self.finish()
 
 
 class SpinNode:
     """One Spin host: a directory with the manifest copy and spin's output, a state
     directory (store and component logs), and a runtime config."""
 
-    def __init__(self, spin, directory, outputs, runtime_config=None):
-        self.spin = spin
+    def __init__(self, generation, directory, outputs, runtime_config=None):
+        self.generation = generation
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.state = directory / "state"
@@ -359,17 +475,8 @@ class SpinNode:
         (back, when negative)."""
         port = free_port()
         manifest = manifest_copy(self.directory, schedule)
-        args = [self.spin, "up", "-f", str(manifest), "--state-dir", str(self.state)]
-        args += ["--listen", f"127.0.0.1:{port}", "--runtime-config-file", str(self.runtime_config)]
-        entries = [(f"team/{t['name']}", json.dumps(t)) for t in teams] + list(raw)
-        for key, text in entries:
-            args += ["--key-value", f"{key}={text}"]
-        env = {name: os.environ[name] for name in PASSED_THROUGH if name in os.environ}
-        env.update(variables)
-        # For the plugin's "Job scheduler started". Only its target: with RUST_LOG=spin=info
-        # the triggers' launch metadata (which spin up reads from their stderr as JSON) no
-        # longer parses, spin up then hands --listen to the cron trigger, and it refuses.
-        env["RUST_LOG"] = "trigger_cron=info"
+        args = self.up_args(manifest, teams, raw) + ["--listen", f"127.0.0.1:{port}"]
+        env = self.up_env(variables)
         if later_s:
             env["LD_PRELOAD"] = libfaketime()
             # A signed offset in seconds: "+6000" is later, "-1200" earlier.
@@ -378,6 +485,36 @@ class SpinNode:
         process = SpinUp(self, args, env, f"http://127.0.0.1:{port}")
         self.processes.append(process)
         return process
+
+    def command(self, variables, teams=(), raw=()):
+        """`spin up` of the shipped command manifest (deploy/spinkube/spin-command.toml),
+        which the command trigger runs once, as a SpinKube CronJob's pod does; returns the
+        run when spin has exited by itself."""
+        manifest = command_manifest_copy(self.directory)
+        process = SpinUp(self, self.up_args(manifest, teams, raw), self.up_env(variables), url=None)
+        self.processes.append(process)
+        return process.exited()
+
+    def up_args(self, manifest, teams, raw):
+        """`spin up` of `manifest` on this node's state directory and runtime config, with
+        `teams` and `raw` (key, text) pairs as --key-value."""
+        args = [self.generation.binary, "up", "-f", str(manifest), "--state-dir", str(self.state)]
+        args += ["--runtime-config-file", str(self.runtime_config)]
+        entries = [(f"team/{t['name']}", json.dumps(t)) for t in teams] + list(raw)
+        for key, text in entries:
+            args += ["--key-value", f"{key}={text}"]
+        return args
+
+    def up_env(self, variables):
+        """The environment of `spin up`: what Spin itself needs, the generation's plugin
+        data dir, and the application variables."""
+        env = self.generation.env({name: os.environ[name] for name in PASSED_THROUGH if name in os.environ})
+        env.update(variables)
+        # For the plugin's "Job scheduler started". Only its target: with RUST_LOG=spin=info
+        # the triggers' launch metadata (which spin up reads from their stderr as JSON) no
+        # longer parses, spin up then hands --listen to the cron trigger, and it refuses.
+        env["RUST_LOG"] = "trigger_cron=info"
+        return env
 
     def run(self, variables, teams=(), raw=(), later_s=0):
         """One tick: `spin up` until its first tick has ended, then stopped."""
