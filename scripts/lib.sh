@@ -7,7 +7,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 # The release component: what `spin build` writes and spin.toml loads.
 WASM="$ROOT/target/wasm32-wasip2/release/concourse_sts.wasm"
-HOST="$ROOT/target/host/concourse-sts-host"
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
@@ -187,9 +186,4 @@ spin_build() {
     ensure_wasm_target
     step "spin build"
     (cd "$ROOT" && spin build)
-}
-
-build_host() {
-    step "building the wasmtime command host (profile host)"
-    cargo build --manifest-path "$ROOT/Cargo.toml" --profile host -p concourse-sts-host
 }

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from emulator import HOST, Emulator, start_moto_server
+from emulator import Emulator, start_moto_server
 from redis_store import RedisServer
 from spin import WASM, find_spin
 
@@ -51,9 +51,8 @@ def spin(request):
 
 @pytest.fixture(scope="session")
 def moto_url(tmp_path_factory):
-    for artifact in (WASM, HOST):
-        if not artifact.exists():
-            pytest.exit(f"{artifact} is missing: run scripts/test, which builds it", 2)
+    if not WASM.exists():
+        pytest.exit(f"{WASM} is missing: run scripts/test, which builds it", 2)
     with open(tmp_path_factory.mktemp("moto") / "moto.log", "w") as log:
         server, url = start_moto_server(log)
         yield url

@@ -20,8 +20,6 @@ import boto3
 
 from spin import ROOT, SpinNode, free_port
 
-# The wasmtime host, for what Spin 3 cannot run: the command entry point (wasi:cli/run).
-HOST = ROOT / "target" / "host" / "concourse-sts-host"
 IAM_DIR = ROOT / "deploy" / "iam"
 REGION = "us-east-1"
 HOME_ACCOUNT = "123456789012"

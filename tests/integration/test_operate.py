@@ -1,6 +1,6 @@
 """Operating it: the admin API served by `spin up` with real HTTP requests, the command
-entry point (in the wasmtime host: Spin 3 has no command trigger), and
-scripts/register-team."""
+entry point under Spin 4's command trigger with the shipped deploy/spinkube/spin-command.toml
+(Spin 3 has none), and scripts/register-team."""
 
 import json
 import os
@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from emulator import HOME_ACCOUNT, HOST, account, team
-from spin import EVERY_SECOND, ROOT, WASM
+from emulator import HOME_ACCOUNT, account, team
+from spin import EVERY_SECOND, ROOT, SpinNode
 
 TOKEN = "test-admin-token-5b1e"
 
@@ -111,24 +111,39 @@ def test_one_spin_up_serves_the_api_and_rotates_on_schedule(aws):
     assert aws.caller(aws.triple("/concourse/alpha/dev")).endswith("assumed-role/concourse-ci/alpha")
 
 
-def test_the_command_entry_point_runs_the_same_rotation(aws):
+@pytest.mark.spin4_only(
+    reason="Spin 3.5 has no command trigger: `spin up` of spin-command.toml answers "
+    "\"No built-in trigger named 'command'\" (test_spin_3_has_no_command_trigger)"
+)
+def test_the_command_trigger_runs_one_tick_and_exits_with_its_outcome(aws):
     role = aws.ci_role(HOME_ACCOUNT)
     keys = aws.rotator()
     aws.enforce()
-    kv = aws.tmp_path / "kv.json"
-    kv.write_text(json.dumps({"team/alpha": json.dumps(team("alpha", account("dev", role)))}))
-    args = [str(HOST), "--wasm", str(WASM), "--kv", str(kv)]
-    env = {"PATH": os.environ["PATH"], **aws.variables(keys)}
-    done = subprocess.run(args, env=env, capture_output=True, text=True, cwd=ROOT, timeout=120)
-    aws.outputs.append(done.stdout + done.stderr)
-    assert done.returncode == 0, done.stderr
-    assert '"event":"account_rotated"' in done.stdout
-    assert aws.caller(aws.triple("/concourse/alpha/dev")).endswith("assumed-role/concourse-ci/alpha")
-    broken = {"PATH": os.environ["PATH"], **aws.variables(keys, secret_path_template="/x/{{.Nope}}")}
-    failed = subprocess.run(args, env=broken, capture_output=True, text=True, cwd=ROOT, timeout=120)
-    aws.outputs.append(failed.stdout + failed.stderr)
-    assert failed.returncode == 1
-    assert "secret_path_template" in failed.stdout
+    variables = aws.variables(keys)
+    alpha = team("alpha", account("dev", role))
+    first = aws.main.command(variables, [alpha])
+    assert first.returncode == 0, first.output
+    assert len({e["tick"] for e in first.events}) == 1, "one run is one tick"
+    assert first.rotated() == {("alpha", "dev")}
+    aws.assert_working({"/concourse/alpha/dev": f"arn:aws:sts::{HOME_ACCOUNT}:assumed-role/concourse-ci/alpha"})
+
+    # The same store a run later: alpha is fresh, and a team whose role the rotator may
+    # not assume fails, so the run exits 1.
+    denied = team("beta", account("denied", f"arn:aws:iam::{HOME_ACCOUNT}:role/unrelated-admin"))
+    second = aws.main.command(variables, [denied])
+    assert second.returncode == 1, second.output
+    assert len({e["tick"] for e in second.events}) == 1
+    [failed] = second.of("account_failed")
+    assert (failed["team"], failed["account"], failed["code"]) == ("beta", "denied", "AccessDenied")
+    assert [(e["account"], e["reason"]) for e in second.of("account_skipped")] == [("dev", "written_recently")]
+    assert aws.written("/concourse/beta/denied") == []
+
+
+@pytest.mark.spin3_only(reason="Spin 4 has the command trigger (test_the_command_trigger_runs_one_tick_and_exits_with_its_outcome)")
+def test_spin_3_has_no_command_trigger(spin, tmp_path):
+    run = SpinNode(spin, tmp_path / "node", outputs=[]).command({})
+    assert run.returncode != 0
+    assert "No built-in trigger named 'command'" in run.output
 
 
 def test_register_team_validates_and_registers(aws, api, tmp_path):
