@@ -22,7 +22,8 @@ from spin import find_spin  # noqa: E402
 
 
 def main():
-    spin, problem = find_spin()
+    # The Spin generation scripts/demo found: 3 (Spin 3.5) or 4.
+    spin, problem = find_spin(sys.argv[1] if len(sys.argv) > 1 else "3")
     if spin is None:
         print(problem, file=sys.stderr)
         return 1

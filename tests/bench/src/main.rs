@@ -559,7 +559,10 @@ async fn bench(mut args: Args, root: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("{} (scripts/bench builds it)", args.cargo_wasm.display()))?
         .len();
     let load_at_start = load_average();
+    let spin_version = spin::version()?;
     let mut report = Report::default();
+    report.line(format!("spin: {spin_version}"));
+    report.set("spin", json!(spin_version));
     report.line(format!(
         "component: {} ({} bytes); cargo's {}: wasm_bytes {wasm_bytes}, {} the 1 MiB bound (1048576)",
         app.cron_source.display(),

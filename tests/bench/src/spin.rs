@@ -98,6 +98,29 @@ impl App {
     }
 }
 
+/// Which Spin runs the ticks, e.g. `spin 4.0.2 (bfc7543b 2026-06-23), trigger-cron 0.5.0`:
+/// the `spin` on `PATH` (scripts/bench puts the generation asked for there) and the cron
+/// plugin in its data dir. The figures differ little between generations, but they are
+/// only comparable when they say which one they are.
+pub fn version() -> anyhow::Result<String> {
+    let output = |args: &[&str]| -> anyhow::Result<String> {
+        let out = std::process::Command::new("spin")
+            .args(args)
+            .output()
+            .context("running spin (is spin on PATH? scripts/bench finds it)")?;
+        anyhow::ensure!(out.status.success(), "spin {} failed", args.join(" "));
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let spin = output(&["--version"])?;
+    let plugins = output(&["plugins", "list", "--installed"])?;
+    let cron = plugins
+        .lines()
+        .find_map(|line| line.strip_prefix("trigger-cron "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .context("spin has no trigger-cron plugin")?;
+    Ok(format!("{}, trigger-cron {cron}", spin.trim()))
+}
+
 /// A free loopback port (free when asked; Spin or Redis binds it a moment later).
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
