@@ -110,10 +110,11 @@ error: no Spin 4 with the cron and command trigger plugins. Install Spin 4 (test
 4.0.2) from https://github.com/spinframework/spin/releases, then, in a plugin data dir of
 its own (Spin 3.5's trigger-cron has the same name), the cron and command triggers of
 https://github.com/spinframework/spin-trigger-plugins (tested with trigger-cron 0.5.0 and
-trigger-command 0.6.0; release tags cron-v*, command-v*, each with a plugin manifest):
+trigger-command 0.6.0; its releases, tagged cron-v* and command-v*, carry the plugin
+manifests trigger-cron.json and trigger-command.json):
   export SPIN_DATA_DIR=$SPIN4_DATA_DIR
-  spin plugins install --url https://github.com/spinframework/spin-trigger-plugins/releases/download/cron-v0.5.0/trigger-cron.json
-  spin plugins install --url https://github.com/spinframework/spin-trigger-plugins/releases/download/command-v0.6.0/trigger-command.json
+  spin plugins install --url <a cron-v* release's trigger-cron.json>
+  spin plugins install --url <a command-v* release's trigger-command.json>
 MSG
     fi
 }

@@ -3,10 +3,22 @@ AWS world per test, and after each test a check that no credential value reached
 spin printed, the components logged, the admin API answered or the key-value store holds.
 
 Every test that uses `aws` runs once per Spin generation (ids `spin3`, `spin4`), unless
-it is marked `spin3_only(reason)` or `spin4_only(reason)`: on the other generation it is
-then skipped with that reason, which `pytest -rs` prints. A generation that is not
-available (neither SPIN<major>_BIN nor the `spin` on PATH) stops the session, as a
-missing Spin always has: a run without the real host is not a pass."""
+it is marked:
+
+- `spin3_only(reason)` or `spin4_only(reason)`: it cannot run on the other generation
+  (Spin 3.5 has no command trigger);
+- `component_logic`: it checks the component's own decisions (templates, names, retries,
+  backoff, leases, identity selection) with nothing of the host in play that the
+  scenarios running on both generations do not already exercise (the cron trigger and
+  its overlapping ticks, the HTTP trigger, the SQLite and Redis stores, outbound HTTP and
+  its errors, `allowed_outbound_hosts`, the metadata endpoints, stopping and restarting
+  `spin up`). It runs on Spin 3.5 only, which keeps scripts/test under 30 minutes on two
+  cores; `pytest --every-generation` runs it on Spin 4 too.
+
+On the generation it does not run on, a test is skipped with its reason, which
+`pytest -rs` prints. A generation that is not available (neither SPIN<major>_BIN nor
+the `spin` on PATH) stops the session, as a missing Spin always has: a run without the
+real host is not a pass."""
 
 import json
 
@@ -20,24 +32,50 @@ GENERATIONS = ("3", "4")
 NAMES = {"3": "Spin 3.5", "4": "Spin 4"}
 
 
+COMPONENT_LOGIC = (
+    "component logic, no host behaviour the scenarios run on both generations leave out; "
+    "run once, on Spin 3.5, to keep scripts/test under 30 minutes on 2 cores "
+    "(pytest --every-generation runs it here too)"
+)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--every-generation",
+        action="store_true",
+        help="run component_logic scenarios on Spin 4 as well as on Spin 3.5",
+    )
+
+
 def pytest_configure(config):
     for major in GENERATIONS:
         config.addinivalue_line(
             "markers", f"spin{major}_only(reason): runs on {NAMES[major]} only; the reason says why not on the other"
         )
+    config.addinivalue_line("markers", f"component_logic: runs on Spin 3.5 only: {COMPONENT_LOGIC}")
 
 
-def pytest_collection_modifyitems(items):
-    """Skips a generation-bound scenario on the other generation, with its reason."""
+def pytest_collection_modifyitems(config, items):
+    """Skips a scenario on the generation it does not run on, with the reason."""
+    every_generation = config.getoption("--every-generation")
     for item in items:
         generation = getattr(item, "callspec", None) and item.callspec.params.get("spin")
         if generation is None:
             continue
-        for major in GENERATIONS:
-            marker = item.get_closest_marker(f"spin{major}_only")
-            if marker is not None and generation != major:
-                reason = marker.kwargs.get("reason") or marker.args[0]
-                item.add_marker(pytest.mark.skip(reason=f"{NAMES[major]} only: {reason}"))
+        reason = generation_skipped(item, generation, every_generation)
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def generation_skipped(item, generation, every_generation):
+    """Why `item` does not run on `generation`, or None when it does."""
+    for major in GENERATIONS:
+        marker = item.get_closest_marker(f"spin{major}_only")
+        if marker is not None and generation != major:
+            return f"{NAMES[major]} only: {marker.kwargs.get('reason') or marker.args[0]}"
+    if item.get_closest_marker("component_logic") and generation != "3" and not every_generation:
+        return f"{NAMES['3']} only: {COMPONENT_LOGIC}"
+    return None
 
 
 @pytest.fixture(scope="session", params=GENERATIONS, ids=lambda major: f"spin{major}")

@@ -3,6 +3,8 @@ single-secret JSON format."""
 
 import json
 
+import pytest
+
 from emulator import HOME_ACCOUNT, OTHER_ACCOUNT, digest, three_accounts
 from faults import FaultProxy
 from spin import EVERY_SECOND
@@ -56,6 +58,7 @@ def test_accounts_rotate_only_when_due_and_the_log_says_why(aws):
     assert_all_working(aws)
 
 
+@pytest.mark.component_logic
 def test_a_removed_team_loses_its_state_and_keeps_its_secrets(aws):
     teams = three_accounts(aws)
     keys = aws.rotator()
@@ -93,6 +96,7 @@ def test_overlapping_ticks_never_interleave_writes(aws):
     assert_all_working(aws)
 
 
+@pytest.mark.component_logic
 def test_thirty_percent_faults_end_consistent_within_a_few_ticks(aws):
     teams = three_accounts(aws)
     keys = aws.rotator()
@@ -110,6 +114,7 @@ def test_thirty_percent_faults_end_consistent_within_a_few_ticks(aws):
     assert_all_working(aws)
 
 
+@pytest.mark.component_logic
 def test_the_json_format_holds_a_working_set_in_one_secret(aws):
     teams = three_accounts(aws)
     keys = aws.rotator()

@@ -13,6 +13,8 @@ import sqlite3
 import subprocess
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from emulator import HOME_ACCOUNT, OTHER_ACCOUNT, account, team
 from faults import DropWriteAnswers, FaultProxy
 from spin import ROOT, TICK_TIMEOUT_S, redis_runtime_config, start_in_time
@@ -81,6 +83,7 @@ def tick(node, variables, teams=(), raw=(), later_s=0, lease=None):
 # 1. The lease
 
 
+@pytest.mark.component_logic
 def test_a_lease_left_by_a_dead_tick_blocks_until_it_expires_then_is_taken_over(aws):
     teams = three_accounts(aws)
     keys = aws.rotator()
@@ -114,6 +117,7 @@ def test_a_lease_left_by_a_dead_tick_blocks_until_it_expires_then_is_taken_over(
     aws.assert_working(PATHS)
 
 
+@pytest.mark.component_logic
 def test_a_lease_key_holding_something_else_is_left_alone_and_the_tick_fails(aws):
     teams = three_accounts(aws)
     keys = aws.rotator()
@@ -228,6 +232,7 @@ def assert_lost_answers_retried_with_their_token(writes):
     assert all(w["token"] for w in writes), "every write carries a ClientRequestToken"
 
 
+@pytest.mark.component_logic
 def test_a_write_whose_answer_was_lost_adds_no_second_version(aws):
     teams = three_accounts(aws)
     keys = aws.rotator()
@@ -269,6 +274,7 @@ def test_a_write_whose_answer_was_lost_adds_no_second_version(aws):
 # 3. Backing off from failures
 
 
+@pytest.mark.component_logic
 def test_a_failing_account_backs_off_shows_it_and_a_changed_document_tries_it_at_once(aws):
     denied = aws.ci_role(HOME_ACCOUNT, "unrelated-admin")  # outside the rotator's policy
     good = aws.ci_role(HOME_ACCOUNT)
@@ -329,6 +335,7 @@ def test_a_failing_account_backs_off_shows_it_and_a_changed_document_tries_it_at
     aws.assert_working({"/concourse/gamma/dev": f"arn:aws:sts::{HOME_ACCOUNT}:assumed-role/concourse-ci/gamma"})
 
 
+@pytest.mark.component_logic
 def test_throttling_that_outlasts_the_retries_is_not_permanent(aws):
     role = aws.ci_role(HOME_ACCOUNT)
     keys = aws.rotator()
@@ -455,6 +462,7 @@ def test_store_commits_per_tick_do_not_grow_with_accounts(aws):
     assert 2 <= commits[3]["tick"] <= 4, commits
 
 
+@pytest.mark.component_logic
 def test_a_registered_teams_state_key_holding_someone_elses_json_is_left_alone(aws):
     role = aws.ci_role(HOME_ACCOUNT)
     keys = aws.rotator()

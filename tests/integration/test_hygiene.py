@@ -69,6 +69,7 @@ def test_failures_after_credentials_were_issued_do_not_leak_them(aws):
     assert failure["retryable"] is True
 
 
+@pytest.mark.component_logic
 def test_latency_is_only_slower(aws):
     role = aws.ci_role(HOME_ACCOUNT)
     keys = aws.rotator()

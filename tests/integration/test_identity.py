@@ -12,6 +12,8 @@ import json
 import time
 import urllib.request
 
+import pytest
+
 from emulator import HOME_ACCOUNT, ROTATOR_USER, account, rotator_policy, team
 from faults import FaultProxy
 from metadata import IMDS_CREDENTIALS_PATH, IMDS_TOKEN_PATH, MetadataService, instance_role
@@ -114,6 +116,7 @@ def test_container_endpoint_with_its_authorization_token(aws):
     assert [(a.method, a.path, a.authorized, a.status) for a in endpoint.asked] == [("GET", "/v1/credentials", True, 200)]
 
 
+@pytest.mark.component_logic
 def test_auto_takes_the_container_endpoint_when_its_uri_is_set_else_imds(aws):
     credentials = instance_role(aws)
     teams = ci_teams(aws)
@@ -136,6 +139,7 @@ def test_auto_takes_the_container_endpoint_when_its_uri_is_set_else_imds(aws):
     aws.assert_working({**CI_CALLERS, "/concourse/gamma/dev": f"arn:aws:sts::{HOME_ACCOUNT}:assumed-role/concourse-ci-gamma/gamma"})
 
 
+@pytest.mark.component_logic
 def test_static_keys_win_over_the_metadata_services(aws):
     keys = aws.rotator()
     teams = ci_teams(aws)
@@ -151,6 +155,7 @@ def test_static_keys_win_over_the_metadata_services(aws):
     assert endpoint.asked == [] and imds.asked == []
 
 
+@pytest.mark.component_logic
 def test_a_source_that_fails_is_one_tick_failed_naming_it_and_no_aws_call(aws):
     credentials = instance_role(aws)
     teams = [team("alpha", account("dev", aws.ci_role(HOME_ACCOUNT)))]
@@ -196,6 +201,7 @@ def test_a_source_that_fails_is_one_tick_failed_naming_it_and_no_aws_call(aws):
     assert aws.secret_names() == []
 
 
+@pytest.mark.component_logic
 def test_aws_role_arn_is_assumed_first_as_concourse_sts_and_rotated_as(aws):
     iam = aws.admin_client("iam")
     chained = f"arn:aws:iam::{HOME_ACCOUNT}:role/concourse-sts"
@@ -233,6 +239,7 @@ def test_aws_role_arn_is_assumed_first_as_concourse_sts_and_rotated_as(aws):
     assert aws.written("/concourse/alpha/long") == []
 
 
+@pytest.mark.component_logic
 def test_the_one_hour_cap_of_a_role_session_is_a_config_error_before_sts(aws):
     credentials = instance_role(aws)
     hour = aws.ci_role(HOME_ACCOUNT)
@@ -279,6 +286,7 @@ class SigningRecorder(FaultProxy):
         super().handle(handler, body)
 
 
+@pytest.mark.component_logic
 def test_credentials_expiring_during_a_long_tick_are_fetched_again(aws):
     first, second = instance_role(aws, count=2)
     teams = ci_teams(aws)

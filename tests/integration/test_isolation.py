@@ -3,6 +3,8 @@ the operator's role allow-list, a team's external id and Spin's allowed_outbound
 
 import json
 
+import pytest
+
 from emulator import HOME_ACCOUNT, account, hostile_teams, team
 
 ALPHA = ["/concourse/alpha/dev-access-key", "/concourse/alpha/dev-secret-key", "/concourse/alpha/dev-session-token"]
@@ -28,6 +30,7 @@ def test_names_built_to_escape_are_refused_and_write_nothing(aws):
     assert aws.caller(aws.triple("/concourse/alpha/dev")).endswith("assumed-role/concourse-ci/alpha")
 
 
+@pytest.mark.component_logic
 def test_templates_built_to_mix_teams_stop_the_tick(aws):
     role = aws.ci_role(HOME_ACCOUNT)
     keys = aws.rotator()
@@ -41,6 +44,7 @@ def test_templates_built_to_mix_teams_stop_the_tick(aws):
     assert aws.secret_names() == []
 
 
+@pytest.mark.component_logic
 def test_roles_outside_allowed_role_arns_are_refused_before_sts(aws):
     allowed = aws.ci_role(HOME_ACCOUNT)
     other = aws.ci_role(HOME_ACCOUNT, "concourse-ci-other")
@@ -55,6 +59,7 @@ def test_roles_outside_allowed_role_arns_are_refused_before_sts(aws):
     assert aws.secret_names() == ALPHA
 
 
+@pytest.mark.component_logic
 def test_an_external_id_is_sent_to_sts(aws):
     role = aws.ci_role(HOME_ACCOUNT, trust_policy="ci-role-trust-policy-external-id.json")
     keys = aws.rotator()

@@ -4,6 +4,8 @@ signature checking and IAM authorization on."""
 import json
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from emulator import HOME_ACCOUNT, OTHER_ACCOUNT, account, team
 
 
@@ -45,6 +47,7 @@ def test_two_teams_three_accounts_two_account_ids_rotate_in_one_tick(aws):
     assert run.of("tick_finished")[0]["rotated"] == 3
 
 
+@pytest.mark.component_logic
 def test_a_second_tick_replaces_every_value(aws):
     teams = two_teams(aws)
     keys = aws.rotator()
@@ -62,6 +65,7 @@ def test_a_second_tick_replaces_every_value(aws):
     assert_working_triples(aws)
 
 
+@pytest.mark.component_logic
 def test_invalid_documents_and_a_denied_account_leave_every_other_account_rotated(aws):
     good = two_teams(aws)
     denied_role = aws.ci_role(HOME_ACCOUNT, "unrelated-admin")
@@ -94,6 +98,7 @@ def test_invalid_documents_and_a_denied_account_leave_every_other_account_rotate
     assert "3 invalid team documents: team/broken, team/impostor, team/slow" in summary
 
 
+@pytest.mark.component_logic
 def test_a_rotator_identity_with_a_session_token_works(aws):
     keys = aws.rotator(session=True)
     assert keys[2], "the rotator must be a role session here"
@@ -104,6 +109,7 @@ def test_a_rotator_identity_with_a_session_token_works(aws):
     assert_working_triples(aws)
 
 
+@pytest.mark.component_logic
 def test_a_wrong_secret_key_is_a_signature_failure_not_a_trap(aws):
     teams = two_teams(aws)
     access_key, _, _ = aws.rotator()
@@ -117,6 +123,7 @@ def test_a_wrong_secret_key_is_a_signature_failure_not_a_trap(aws):
     assert aws.written("/concourse/alpha/dev") == []
 
 
+@pytest.mark.component_logic
 def test_bad_variables_stop_the_tick_with_an_error_naming_the_variable(aws):
     teams = two_teams(aws)
     keys = aws.rotator()
@@ -128,6 +135,7 @@ def test_bad_variables_stop_the_tick_with_an_error_naming_the_variable(aws):
     assert aws.all_secret_values() == []
 
 
+@pytest.mark.component_logic
 def test_a_custom_template_places_the_secrets(aws):
     teams = two_teams(aws)
     keys = aws.rotator()

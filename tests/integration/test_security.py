@@ -11,12 +11,15 @@ import urllib.error
 import urllib.request
 from urllib.parse import urlparse
 
+import pytest
+
 from emulator import HOME_ACCOUNT, account, digest, team
 from faults import ClockCheckingProxy, FaultProxy
 
 ADMIN_TOKEN = "admin-token-3f9a0c71"
 
 
+@pytest.mark.component_logic
 def test_a_template_with_a_placeholder_before_the_team_is_refused_at_start(aws):
     role = aws.ci_role(HOME_ACCOUNT)
     keys = aws.rotator()
@@ -43,6 +46,7 @@ def test_a_template_with_a_placeholder_before_the_team_is_refused_at_start(aws):
     assert sorted(aws.store()) == ["team/alpha", "team/evil"]
 
 
+@pytest.mark.component_logic
 def test_secret_format_both_refuses_a_team_whose_account_names_collide(aws):
     alpha_role = aws.ci_role(HOME_ACCOUNT)
     beta_role = aws.ci_role(HOME_ACCOUNT, "concourse-ci-beta")
@@ -181,6 +185,7 @@ ALPHA = {
 SLOW = -20 * 60
 
 
+@pytest.mark.component_logic
 def test_a_refused_request_time_corrects_the_signing_clock_from_the_answers_date(aws):
     teams = clock_teams(aws)
     late = team("beta", account("dev", aws.ci_role(HOME_ACCOUNT, "concourse-ci-beta")))
@@ -215,6 +220,7 @@ def test_a_refused_request_time_corrects_the_signing_clock_from_the_answers_date
     assert len(accepted) >= 3
 
 
+@pytest.mark.component_logic
 def test_without_a_date_in_the_refusal_the_clock_cannot_be_corrected(aws):
     """The control of the test above: the same refusal without the answer's `Date`
     leaves the component nothing to correct from, and the account fails."""
@@ -231,6 +237,7 @@ def test_without_a_date_in_the_refusal_the_clock_cannot_be_corrected(aws):
     assert aws.secret_names() == []
 
 
+@pytest.mark.component_logic
 def test_an_aws_error_names_its_request_id(aws):
     denied = aws.ci_role(HOME_ACCOUNT, "unrelated-admin")
     keys = aws.rotator()

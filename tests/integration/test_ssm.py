@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from urllib.parse import parse_qs
 
+import pytest
 from botocore.exceptions import BotoCoreError, ClientError
 
 from emulator import HOME_ACCOUNT, OTHER_ACCOUNT, account, digest, hostile_teams, team, three_accounts
@@ -211,6 +212,7 @@ def test_first_rotation_creates_tagged_secure_strings_and_a_later_one_overwrites
     assert_tagged(aws, SPLIT_NAMES)
 
 
+@pytest.mark.component_logic
 def test_the_json_format_is_one_parameter_per_account(aws):
     teams = three_accounts(aws)
     keys = ssm_rotator(aws)
@@ -237,6 +239,7 @@ def test_the_json_format_is_one_parameter_per_account(aws):
     assert_tagged(aws, PATHS)
 
 
+@pytest.mark.component_logic
 def test_both_sinks_hold_the_same_working_credentials(aws):
     teams = three_accounts(aws)
     keys = ssm_rotator(aws)
@@ -254,6 +257,7 @@ def test_both_sinks_hold_the_same_working_credentials(aws):
     assert all(set(s["sinks"]) == {"secretsmanager", "ssm"} for s in aws.account_states().values())
 
 
+@pytest.mark.component_logic
 def test_both_without_the_ssm_policy_fails_every_account_and_the_next_tick_repairs(aws):
     teams = three_accounts(aws)
     keys = aws.rotator()  # only deploy/iam/rotator-policy.json: no Parameter Store
@@ -305,6 +309,7 @@ def test_both_without_the_ssm_policy_fails_every_account_and_the_next_tick_repai
         assert set(state["sinks"]) == {"secretsmanager", "ssm"}, key
 
 
+@pytest.mark.component_logic
 def test_thirty_percent_faults_on_parameter_store_end_consistent_within_a_few_ticks(aws):
     teams = three_accounts(aws)
     keys = ssm_rotator(aws)
@@ -333,6 +338,7 @@ def test_thirty_percent_faults_on_parameter_store_end_consistent_within_a_few_ti
     assert_tagged(aws, SPLIT_NAMES)
 
 
+@pytest.mark.component_logic
 def test_throttled_parameter_writes_are_retried_to_success(aws):
     teams = three_accounts(aws)
     keys = ssm_rotator(aws)
@@ -362,6 +368,7 @@ def test_throttled_parameter_writes_are_retried_to_success(aws):
     assert_tagged(aws, SPLIT_NAMES)
 
 
+@pytest.mark.component_logic
 def test_templates_parameter_store_refuses_stop_the_tick_before_any_call(aws):
     role = aws.ci_role(HOME_ACCOUNT)
     keys = ssm_rotator(aws)
@@ -395,6 +402,7 @@ def test_templates_parameter_store_refuses_stop_the_tick_before_any_call(aws):
     assert aws.parameter_names() == []
 
 
+@pytest.mark.component_logic
 def test_a_team_in_the_reserved_first_segment_fails_before_sts_and_others_rotate(aws):
     role = aws.ci_role(HOME_ACCOUNT)
     keys = ssm_rotator(aws)
@@ -416,6 +424,7 @@ def test_a_team_in_the_reserved_first_segment_fails_before_sts_and_others_rotate
     assert aws.secret_names() == []
 
 
+@pytest.mark.component_logic
 def test_names_built_to_escape_write_nothing_outside_the_team_in_parameter_store(aws):
     role = aws.ci_role(HOME_ACCOUNT)
     keys = ssm_rotator(aws)
