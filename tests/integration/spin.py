@@ -117,18 +117,8 @@ class Generation:
     binary: str
     data_dir: str | None = None
 
-    # The trigger plugins each generation must have.
+    # The trigger plugins each generation must have: Spin 3 has no command trigger.
     PLUGINS = {"3": ("trigger-cron",), "4": ("trigger-cron", "trigger-command")}
-
-    @property
-    def id(self):
-        return f"spin{self.major}"
-
-    @property
-    def has_command_trigger(self):
-        """Spin 3 has no command trigger ("No built-in trigger named 'command'"); Spin 4
-        runs it as the trigger-command plugin."""
-        return "trigger-command" in self.PLUGINS[self.major]
 
     def env(self, base):
         """`base` (an environment) with this generation's plugin data dir, and no other."""
@@ -159,21 +149,21 @@ class Generation:
         return None
 
 
-def generations_from_env(environ=os.environ):
+def generations_from_env():
     """{major: Generation} named by SPIN3_BIN/SPIN3_DATA_DIR and SPIN4_BIN/SPIN4_DATA_DIR
     (scripts/test sets them); without either, the `spin` on PATH, as whichever generation
     it is, with the caller's SPIN_DATA_DIR."""
     found = {}
     for major in ("3", "4"):
-        spin = environ.get(f"SPIN{major}_BIN")
+        spin = os.environ.get(f"SPIN{major}_BIN")
         if spin:
-            found[major] = Generation(major, spin, environ.get(f"SPIN{major}_DATA_DIR") or None)
-    if not found and shutil.which("spin"):
-        spin = shutil.which("spin")
+            found[major] = Generation(major, spin, os.environ.get(f"SPIN{major}_DATA_DIR") or None)
+    spin = shutil.which("spin")
+    if not found and spin:
         version = subprocess.run([spin, "--version"], capture_output=True, text=True, timeout=60).stdout
         major = version.removeprefix("spin ")[:1]
         if major in ("3", "4"):
-            found[major] = Generation(major, spin, environ.get("SPIN_DATA_DIR") or None)
+            found[major] = Generation(major, spin, os.environ.get("SPIN_DATA_DIR") or None)
     return found
 
 
