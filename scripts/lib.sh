@@ -38,10 +38,12 @@ ensure_python_env() {
 # SPIN<major>_DATA_DIR ('' for Spin's default), which the integration tests read.
 SPIN4_DATA_DIR="${SPIN4_DATA_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/spin4}"
 
+# Each generation's trigger plugins, NAME=LOWEST-VERSION: Spin 4 also loads Spin 3.5's
+# trigger-cron 0.3 (its manifest allows Spin >=3.0), which a shared data dir would hand it.
 spin_plugins_of() {
     case "$1" in
-        3) echo "trigger-cron" ;;
-        4) echo "trigger-cron trigger-command" ;;
+        3) echo "trigger-cron=0" ;;
+        4) echo "trigger-cron=0.5 trigger-command=0" ;;
     esac
 }
 
@@ -57,14 +59,16 @@ spin_in() {
 }
 
 # Whether BIN is Spin MAJOR.x with MAJOR's trigger plugins in DATA_DIR, each one that
-# Spin itself finds compatible (it lists another generation's as "[requires Spin …]").
+# Spin itself will run (it lists another generation's as "[requires Spin …]").
 spin_is_generation() {
-    local major="$1" bin="$2" data_dir="$3" installed plugin
+    local major="$1" bin="$2" data_dir="$3" installed entry version
     [ -x "$bin" ] || return 1
     [[ "$(spin_in "$data_dir" "$bin" --version 2>/dev/null)" == "spin $major."* ]] || return 1
     installed="$(spin_in "$data_dir" "$bin" plugins list --installed 2>/dev/null)" || return 1
-    for plugin in $(spin_plugins_of "$major"); do
-        grep "^$plugin " <<<"$installed" | grep -qv "requires Spin" || return 1
+    for entry in $(spin_plugins_of "$major"); do
+        version="$(grep "^${entry%=*} [^ ]* \[installed\]$" <<<"$installed" | cut -d' ' -f2)"
+        [ -n "$version" ] || return 1
+        [ "$(printf '%s\n' "${entry#*=}" "$version" | sort -V | head -n1)" = "${entry#*=}" ] || return 1
     done
 }
 
@@ -94,7 +98,7 @@ ensure_spin_generation() {
         exit 1
     fi
     export "SPIN${major}_BIN=$bin" "SPIN${major}_DATA_DIR=$data_dir"
-    step "Spin $major: $(spin_in "$data_dir" "$bin" --version) with $(spin_in "$data_dir" "$bin" plugins list --installed | grep -E "^($(spin_plugins_of "$major" | tr ' ' '|')) " | tr '\n' ' ')"
+    step "Spin $major: $(spin_in "$data_dir" "$bin" --version), plugins: $(spin_in "$data_dir" "$bin" plugins list --installed | tr '\n' ' ')"
 }
 
 spin_install_help() {

@@ -117,8 +117,10 @@ class Generation:
     binary: str
     data_dir: str | None = None
 
-    # The trigger plugins each generation must have: Spin 3 has no command trigger.
-    PLUGINS = {"3": ("trigger-cron",), "4": ("trigger-cron", "trigger-command")}
+    # The trigger plugins each generation must have, each from the version that is its
+    # own: Spin 3 has no command trigger, and Spin 4 also loads Spin 3.5's trigger-cron 0.3
+    # (its manifest allows Spin >=3.0), which a shared data dir would hand it.
+    PLUGINS = {"3": {"trigger-cron": (0,)}, "4": {"trigger-cron": (0, 5), "trigger-command": (0,)}}
 
     def env(self, base):
         """`base` (an environment) with this generation's plugin data dir, and no other."""
@@ -140,9 +142,17 @@ class Generation:
             return f"{self.binary}: {error}\n" + INSTALL_HELP[self.major]
         if not version.stdout.startswith(f"spin {self.major}."):
             return f"{self.binary} is {version.stdout.strip() or 'not spin'}, not Spin {self.major}.\n" + INSTALL_HELP[self.major]
-        # Spin lists another generation's plugin as "[requires Spin …]".
-        usable = re.findall(r"^(\S+) .*\[installed\]$", plugins.stdout, re.MULTILINE)
-        missing = [p for p in self.PLUGINS[self.major] if p not in usable]
+        # Spin lists a plugin it refuses to run as "[installed] [requires Spin …]".
+        usable = {
+            name: tuple(int(part) for part in re.findall(r"\d+", version))
+            for name, version in re.findall(r"^(\S+) (\S+) \[installed\]$", plugins.stdout, re.MULTILINE)
+        }
+        needed = self.PLUGINS[self.major]
+        missing = [
+            name if floor == (0,) else f"{name} {'.'.join(map(str, floor))} or later"
+            for name, floor in needed.items()
+            if usable.get(name, (-1,)) < floor
+        ]
         if missing:
             where = self.data_dir or "Spin's default data dir"
             return f"{self.binary} has no usable {', '.join(missing)} plugin in {where}.\n" + INSTALL_HELP[self.major]
