@@ -126,20 +126,15 @@ MSG
 # Spin MAJOR (default 3) as `spin` for what follows (spin build, demo, bench): its folder
 # first on PATH, its plugin data dir as SPIN_DATA_DIR.
 ensure_spin() {
-    local major="${1:-3}" data_dir_var
+    local major="${1:-3}"
+    local bin_var="SPIN${major}_BIN" data_dir_var="SPIN${major}_DATA_DIR"
     ensure_spin_generation "$major"
-    data_dir_var="SPIN${major}_DATA_DIR"
-    PATH="$(dirname "$(spin_bin "$major")"):$PATH"
+    PATH="$(dirname "${!bin_var}"):$PATH"
     if [ -n "${!data_dir_var}" ]; then
         export SPIN_DATA_DIR="${!data_dir_var}"
     else
         unset SPIN_DATA_DIR
     fi
-}
-
-spin_bin() {
-    local bin_var="SPIN${1}_BIN"
-    echo "${!bin_var}"
 }
 
 # `--spin 3|3.5|4` among a script's arguments: sets SPIN_GENERATION (default 3) and leaves
