@@ -12,12 +12,14 @@ use spin_sdk::http::{IncomingRequest, Response};
 
 use crate::api::{self, ApiRequest, Rotator};
 use crate::aws::AwsClient;
+use crate::clock::Clock;
 use crate::events::{Event, EventSink, LogLine};
-use crate::settings::{Settings, Variables};
+use crate::settings::{self, Settings, Variables};
+use crate::store::Prefixed;
 use crate::tick::{Engine, TickSummary};
 use http::SpinTransport;
 use store::SpinStore;
-use time::WasiClock;
+use time::WasiTime;
 
 wit_bindgen::generate!({ world: "component", path: "wit", generate_all });
 
@@ -57,20 +59,22 @@ async fn tick() -> Result<(), String> {
 
 /// A full tick, or with `team` one team's rotation, as configured by the variables.
 async fn rotate(log: &StdoutLog, team: Option<&str>) -> anyhow::Result<TickSummary> {
-    let store = SpinStore::open()?;
+    let store = open_store()?;
     let settings = Settings::from_variables(&SpinVariables)?;
     let transport = SpinTransport {
         timeout: settings.rules.request_timeout,
     };
+    let clock = Clock::new(WasiTime);
     let client = AwsClient::new(
         transport,
+        &clock,
         settings.identity,
         &settings.region,
         settings.endpoints,
     );
     let engine = Engine {
         client: &client,
-        clock: &WasiClock,
+        clock: &clock,
         store: &store,
         sink: log,
         rules: &settings.rules,
@@ -80,6 +84,12 @@ async fn rotate(log: &StdoutLog, team: Option<&str>) -> anyhow::Result<TickSumma
         None => engine.run_tick().await,
         Some(team) => engine.rotate_team(team).await,
     }
+}
+
+/// The `default` store, seen under the `store_prefix` variable.
+fn open_store() -> anyhow::Result<Prefixed<SpinStore>> {
+    let prefix = settings::store_prefix(&SpinVariables)?;
+    Ok(Prefixed::new(SpinStore::open()?, &prefix))
 }
 
 /// The admin API (see [`crate::api`]): Spin's request in, the API's answer out.
@@ -100,13 +110,8 @@ async fn admin_api(request: IncomingRequest) -> Response {
         path: &path,
         authorization: authorization.as_deref(),
     };
-    let answer = match SpinStore::open() {
-        Ok(store) => {
-            let body = || read_body(request);
-            api::handle(&head, token.as_deref(), body, &store, &SpinRotator).await
-        }
-        Err(error) => api::store_failed(error),
-    };
+    let body = || read_body(request);
+    let answer = api::handle(&head, token.as_deref(), body, open_store, &SpinRotator).await;
     let mut response = Response::builder();
     response.status(answer.status);
     if let Some(body) = answer.body {
