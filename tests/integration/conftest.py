@@ -1,4 +1,5 @@
-"""Fixtures: the real Spin and one moto_server per session, a fresh AWS world per test,
+"""Fixtures: the real Spin and one moto_server per session (behind the world's clock,
+world.py), a fresh AWS world per test,
 and after each test a check that no credential value reached anything spin printed, the
 components logged, the admin API answered or the key-value store holds."""
 
@@ -9,6 +10,7 @@ import pytest
 from emulator import HOST, Emulator, start_moto_server
 from redis_store import RedisServer
 from spin import WASM, find_spin
+from world import AwsFront
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +28,8 @@ def moto_url(spin, tmp_path_factory):
             pytest.exit(f"{artifact} is missing: run scripts/test, which builds it", 2)
     with open(tmp_path_factory.mktemp("moto") / "moto.log", "w") as log:
         server, url = start_moto_server(log)
-        yield url
+        with AwsFront(url) as front:
+            yield front.url
         server.terminate()
         server.wait(timeout=10)
 

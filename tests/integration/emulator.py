@@ -19,6 +19,7 @@ from pathlib import Path
 
 import boto3
 
+from local_http import WORLD
 from spin import ROOT, SpinNode, free_port
 
 # The wasmtime host, for what Spin 3 cannot run: the command entry point (wasi:cli/run).
@@ -99,6 +100,8 @@ class Emulator:
     def __init__(self, url, tmp_path, spin=None):
         self.url = url
         self.tmp_path = tmp_path
+        # A fresh world starts now.
+        WORLD.shift_s = 0
         self.spin = spin or shutil.which("spin")
         # Everything spin printed, the components logged and the API answered.
         self.outputs = []
@@ -205,11 +208,12 @@ class Emulator:
         self.nodes.append(node)
         return node
 
-    def run(self, variables, teams=(), raw=(), later_s=0):
+    def run(self, variables, teams=(), raw=(), later_s=0, skew_s=0):
         """One tick in a fresh `spin up` of the main node: `teams` are documents registered
         under team/<name>, `raw` are (key, text) pairs stored as they are; `later_s` runs
-        the tick that many seconds in the host's future."""
-        return self.main.run(variables, teams, raw, later_s)
+        the tick that many seconds in the world's future, `skew_s` with the host's clock
+        that far off the world's."""
+        return self.main.run(variables, teams, raw, later_s, skew_s)
 
     def run_until_settled(self, variables, teams, accounts, ticks=8, gap_s=11 * 60):
         """Ticks `gap_s` apart, the first registering `teams`, until `settled(accounts)` or
