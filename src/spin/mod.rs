@@ -33,9 +33,19 @@ impl Guest for Component {
 
 /// The command trigger's entry point: one tick, the same as a cron event. The failure
 /// summary is already logged; the exit status says whether there was one.
+///
+/// A failed tick ends through `wasi:cli/exit` instead of returning `Err`, because not every
+/// host reads what `run` returns: SpinKube's Spin shim (trigger-command 0.5) drops it, and
+/// its pod would end as Complete. An exit is a trap that every host sees.
 impl exports::wasi::cli::run::Guest for Component {
     fn run() -> Result<(), ()> {
-        spin_executor::run(tick()).map_err(|_| ())
+        if spin_executor::run(tick()).is_ok() {
+            return Ok(());
+        }
+        // The exit skips Rust's own cleanup; the log lines must be out before it.
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        wasi::cli::exit::exit(Err(()));
+        Err(())
     }
 }
 

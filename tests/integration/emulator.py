@@ -102,6 +102,9 @@ class Emulator:
         self.tmp_path = tmp_path
         # A fresh world starts now.
         WORLD.shift_s = 0
+        # Where the tests' own clients read and write (Secrets Manager and Parameter Store
+        # are regional); a test running the app in another region sets it to that region.
+        self.region = REGION
         self.spin = spin or shutil.which("spin")
         # Everything spin printed, the components logged and the API answered.
         self.outputs = []
@@ -127,7 +130,7 @@ class Emulator:
         return boto3.client(
             service,
             endpoint_url=self.url,
-            region_name=REGION,
+            region_name=self.region,
             aws_access_key_id=access_key,
             aws_secret_access_key=secret_key,
             aws_session_token=token,

@@ -177,8 +177,18 @@ def tick_returned_error(events):
     )
 
 
+class Outcomes:
+    """What a run's `events` say, whatever ran the component."""
+
+    def of(self, kind):
+        return [e for e in self.events if e.get("event") == kind]
+
+    def rotated(self):
+        return {(e["team"], e["account"]) for e in self.of("account_rotated")}
+
+
 @dataclass
-class Run:
+class Run(Outcomes):
     """One `spin up` on a node, from start to stop."""
 
     events: list
@@ -197,12 +207,6 @@ class Run:
     @property
     def error(self):
         return self.errors[-1] if self.errors else None
-
-    def of(self, kind):
-        return [e for e in self.events if e.get("event") == kind]
-
-    def rotated(self):
-        return {(e["team"], e["account"]) for e in self.of("account_rotated")}
 
 
 class SpinUp:

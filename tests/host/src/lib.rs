@@ -335,10 +335,19 @@ impl Host {
     }
 
     /// Runs the command entry point (`wasi:cli/run`), as Spin's command trigger does.
-    /// The outer error is a trap; the inner one the component's failure status.
+    /// The outer error is a trap; the inner one the component's failure status, whether
+    /// `run` returned it or the component ended through `wasi:cli/exit` (as it does when a
+    /// tick fails).
     pub async fn run_command(&self) -> anyhow::Result<Result<(), ()>> {
         let mut store = self.new_store();
         let command = self.command.instantiate_async(&mut store).await?;
-        Ok(command.wasi_cli_run().call_run(&mut store).await?)
+        match command.wasi_cli_run().call_run(&mut store).await {
+            Err(trap) => match trap.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                Some(exit) if exit.0 == 0 => Ok(Ok(())),
+                Some(_) => Ok(Err(())),
+                None => Err(trap.into()),
+            },
+            Ok(status) => Ok(status),
+        }
     }
 }

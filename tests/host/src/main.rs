@@ -5,8 +5,8 @@
 //!
 //! Variables come from `SPIN_VARIABLE_<NAME>` environment variables, as under `spin up`,
 //! and from `--variable`; the key-value store is a JSON file that survives between runs.
-//! Exit status: 0 when the run returned `Ok`, 1 when it returned an error (or a document
-//! is invalid), 2 on a trap or a host failure.
+//! Exit status: 0 when the run returned `Ok`, 1 when it returned an error or exited with a
+//! failure status (or a document is invalid), 2 on a trap or a host failure.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
