@@ -156,12 +156,15 @@ take_spin_flag() {
     esac
 }
 
-# Debian packages the integration tests start: redis-server (two nodes on one store) and
-# faketime (a `spin up` running later). Installed with apt-get when missing.
+# Debian packages the integration tests start: redis-server (two nodes on one store),
+# faketime (a `spin up` running later) and docker-registry (the OCI registry the SpinKube
+# tests push to; xz-utils unpacks their shim). Installed with apt-get when missing.
 ensure_test_packages() {
     local missing=()
     command -v redis-server >/dev/null || missing+=(redis-server)
     command -v faketime >/dev/null || missing+=(faketime)
+    command -v docker-registry >/dev/null || missing+=(docker-registry)
+    command -v xz >/dev/null || missing+=(xz-utils)
     [ ${#missing[@]} -eq 0 ] && return
     if ! command -v apt-get >/dev/null; then
         echo "error: the integration tests need ${missing[*]}: install them with your package manager" >&2
@@ -172,6 +175,30 @@ ensure_test_packages() {
     [ "$(id -u)" = 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# SpinKube's runtime layer on PATH: containerd (>= 1.7.7, which pulls what `spin registry
+# push` pushes), ctr and the Spin shim (containerd-shim-spin-v2), the ones already there,
+# else those beside the checkout (../shared/spinkube/install, as on CI). Without them the
+# SpinKube tests have no real runtime to run on, and that is a failure, not a skip.
+ensure_spinkube() {
+    local tool missing=()
+    for tool in containerd ctr containerd-shim-spin-v2; do
+        command -v "$tool" >/dev/null || missing+=("$tool")
+    done
+    [ ${#missing[@]} -eq 0 ] && return
+    if [ -x "$ROOT/../shared/spinkube/install" ]; then
+        step "installing containerd and the Spin shim from ../shared/spinkube"
+        local exports
+        exports="$("$ROOT/../shared/spinkube/install")"
+        eval "$exports"
+        return
+    fi
+    cat >&2 <<MSG
+error: the SpinKube tests run the rotation under containerd with the Spin shim, and ${missing[*]} are missing.
+Install containerd >= 1.7.7 and containerd-shim-spin-v2 (https://github.com/spinframework/containerd-shim-spin/releases).
+MSG
+    exit 1
 }
 
 # What `spin build` runs (spin.toml's build command): $WASM, for callers without Spin.

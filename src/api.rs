@@ -13,7 +13,7 @@
 //! | `PUT /teams/{name}` | validates and stores; 400 with every problem |
 //! | `DELETE /teams/{name}` | removes the document (the secrets stay) |
 //! | `GET /teams/{name}/status` | every account's rotation state, never a credential |
-//! | `POST /teams/{name}/rotate` | rotates the team now, same path as a tick |
+//! | `POST /teams/{name}/rotate` | rotates the team now, same path as a tick (409 when another tick holds or takes the lease) |
 //! | `POST /rotate` | runs a full tick now (for hosts with no cron trigger) |
 
 use std::future::Future;
@@ -79,16 +79,21 @@ pub trait Rotator {
     ) -> impl Future<Output = anyhow::Result<(TickSummary, Vec<Event>)>>;
 }
 
-/// Answers one request. The token is checked before `read_body` runs, so a caller
-/// without it cannot make the component read, or wait for, a body. `read_body` gives at
-/// most `MAX_BODY_BYTES + 1` bytes: one byte more than allowed means "too large".
-pub async fn handle<B: Future<Output = Vec<u8>>>(
+/// Answers one request. The token is checked before `read_body` or `open_store` runs, so
+/// a caller without it cannot make the component read, or wait for, a body, nor learn
+/// anything of the store (not even its error). `read_body` gives at most
+/// `MAX_BODY_BYTES + 1` bytes: one byte more than allowed means "too large".
+pub async fn handle<B, K>(
     request: &ApiRequest<'_>,
     admin_token: Option<&str>,
     read_body: impl FnOnce() -> B,
-    store: &impl KeyValue,
+    open_store: impl FnOnce() -> anyhow::Result<K>,
     rotator: &impl Rotator,
-) -> ApiResponse {
+) -> ApiResponse
+where
+    B: Future<Output = Vec<u8>>,
+    K: KeyValue,
+{
     let segments: Vec<&str> = request
         .path
         .trim_end_matches('/')
@@ -101,6 +106,11 @@ pub async fn handle<B: Future<Output = Vec<u8>>>(
     if let Err(refusal) = authorize(request.authorization, admin_token) {
         return refusal;
     }
+    let store = match open_store() {
+        Ok(store) => store,
+        Err(error) => return store_failed(format!("{error:#}")),
+    };
+    let store = &store;
     let body = read_body().await;
     let result = match (segments.as_slice(), request.method) {
         (["teams"], "GET") => list_teams(store),
@@ -180,7 +190,7 @@ fn team_name(name: &str) -> Result<&str, ApiResponse> {
 }
 
 /// The answer when the key-value store cannot be reached.
-pub fn store_failed(error: impl std::fmt::Display) -> ApiResponse {
+fn store_failed(error: impl std::fmt::Display) -> ApiResponse {
     ApiResponse::error(
         503,
         "store_unavailable",
@@ -312,6 +322,13 @@ async fn rotate(rotator: &impl Rotator, team: Option<&str>) -> Result<ApiRespons
             409,
             "rotation_in_progress",
             "a tick is running; try again when it has finished",
+        ));
+    }
+    if let Some(lost) = &summary.lease_lost {
+        return Err(ApiResponse::error(
+            409,
+            "lease_lost",
+            format!("{lost}; the new holder finishes the rotation"),
         ));
     }
     let outcomes: Vec<&Event> = events

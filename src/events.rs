@@ -25,8 +25,9 @@ pub enum Event {
         holder: Option<String>,
         until: Option<DateTime<Utc>>,
     },
-    /// Another tick took the lease over while this one ran: this one starts no more
-    /// accounts and records nothing; what it left half done is repaired next tick.
+    /// The lease is no longer this tick's (another took it over, or the store could not
+    /// show it): this one sends no more writes and stores nothing more; what it left half
+    /// done is repaired by the next holder.
     LeaseLost {
         reason: String,
     },
@@ -109,6 +110,9 @@ pub enum Event {
         deferred: usize,
         failed: usize,
         invalid_teams: usize,
+        /// The lease was lost during the tick: what it did not finish is left to the new
+        /// holder, and the tick reports an error.
+        lease_lost: bool,
         elapsed_ms: u64,
     },
 }

@@ -34,3 +34,6 @@ pub mod timing;
 
 #[cfg(target_arch = "wasm32")]
 mod spin;
+
+#[cfg(test)]
+mod fake_aws;

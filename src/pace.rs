@@ -5,42 +5,35 @@
 use std::cell::Cell;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use crate::clock::{Clock, Instant, TimeSource};
 
-use crate::aws::client::Pace;
-use crate::clock::{chrono_duration, Clock};
-
-/// Starts at most `per_second` writes in any second, in the order they ask.
-pub struct WritePacer<'c, C> {
-    clock: &'c C,
+/// Starts at most `per_second` writes in any second, in the order they ask, on the
+/// monotonic clock (a wall clock that steps would stall or burst it).
+pub struct WritePacer<'c, S> {
+    clock: &'c Clock<S>,
     interval: Option<Duration>,
-    next_slot: Cell<Option<DateTime<Utc>>>,
+    next_slot: Cell<Option<Instant>>,
 }
 
-impl<'c, C: Clock> WritePacer<'c, C> {
+impl<'c, S: TimeSource> WritePacer<'c, S> {
     /// `per_second` of 0 lifts the limit.
-    pub fn new(clock: &'c C, per_second: u32) -> Self {
+    pub fn new(clock: &'c Clock<S>, per_second: u32) -> Self {
         Self {
             clock,
             interval: (per_second > 0).then(|| Duration::from_secs(1) / per_second),
             next_slot: Cell::new(None),
         }
     }
-}
 
-impl<C: Clock> Pace for WritePacer<'_, C> {
-    async fn wait_turn(&self) {
+    /// Waits for this write's turn.
+    pub async fn wait_turn(&self) {
         let Some(interval) = self.interval else {
             return;
         };
-        let now = self.clock.now();
+        let now = self.clock.instant();
         let slot = self.next_slot.get().map_or(now, |next| next.max(now));
-        self.next_slot.set(Some(slot + chrono_duration(interval)));
-        if let Ok(wait) = (slot - now).to_std() {
-            if !wait.is_zero() {
-                self.clock.sleep(wait).await;
-            }
-        }
+        self.next_slot.set(Some(slot + interval));
+        self.clock.sleep_until(slot).await;
     }
 }
 
@@ -51,7 +44,7 @@ mod tests {
 
     #[test]
     fn writes_are_spaced_to_the_rate() {
-        let clock = ManualClock::new(0.0);
+        let clock = ManualClock::manual(0.0);
         let pacer = WritePacer::new(&clock, 40);
         futures::executor::block_on(async {
             for _ in 0..81 {
@@ -64,7 +57,7 @@ mod tests {
 
     #[test]
     fn idle_time_is_not_banked() {
-        let clock = ManualClock::new(0.0);
+        let clock = ManualClock::manual(0.0);
         let pacer = WritePacer::new(&clock, 10);
         futures::executor::block_on(pacer.wait_turn());
         clock.advance(Duration::from_secs(5));
@@ -80,7 +73,7 @@ mod tests {
 
     #[test]
     fn zero_lifts_the_limit() {
-        let clock = ManualClock::new(0.0);
+        let clock = ManualClock::manual(0.0);
         let pacer = WritePacer::new(&clock, 0);
         futures::executor::block_on(async {
             for _ in 0..1000 {

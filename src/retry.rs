@@ -1,14 +1,13 @@
 //! Retries in the AWS SDKs' standard mode: only retryable errors, a bounded number of
 //! attempts, exponential backoff with full jitter, capped, and never past the tick's
-//! deadline.
+//! deadline (on the monotonic clock). Whether the lease still covers an attempt is the
+//! write's own gate's question, asked right before each request is sent.
 
 use std::future::Future;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-
 use crate::aws::AwsError;
-use crate::clock::{chrono_duration, Clock};
+use crate::clock::{Clock, Instant, TimeSource};
 
 /// How often and how patiently to retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,10 +48,10 @@ pub struct FailedAttempt<'a> {
 
 /// Runs `operation` until it succeeds, fails for good, runs out of attempts, or the next
 /// attempt could not start before `deadline`. Every failed attempt is reported.
-pub async fn with_retries<T, Fut>(
+pub async fn with_retries<T, Fut, S: TimeSource>(
     policy: &RetryPolicy,
-    clock: &impl Clock,
-    deadline: DateTime<Utc>,
+    clock: &Clock<S>,
+    deadline: Instant,
     mut operation: impl FnMut() -> Fut,
     mut report: impl FnMut(FailedAttempt<'_>),
 ) -> Result<T, AwsError>
@@ -66,7 +65,7 @@ where
             Err(error) => error,
         };
         let wait = policy.backoff(attempt, clock.random_fraction());
-        let in_time = clock.now() + chrono_duration(wait) < deadline;
+        let in_time = clock.instant() + wait < deadline;
         let retry = error.is_retryable() && attempt < policy.max_attempts && in_time;
         report(FailedAttempt {
             attempt,
@@ -101,12 +100,7 @@ mod tests {
     }
 
     fn throttled() -> AwsError {
-        AwsError::Service {
-            status: 400,
-            code: "Throttling".into(),
-            message: "Rate exceeded".into(),
-            request_id: None,
-        }
+        AwsError::service(400, "Throttling", "Rate exceeded", None)
     }
 
     /// What a retried operation came to: its result, each report (attempt, retry_in),
@@ -117,11 +111,11 @@ mod tests {
         Duration,
     );
 
-    fn run(outcomes: Vec<Result<u32, AwsError>>, deadline_secs: i64) -> Outcome {
-        let clock = ManualClock::new(0.5);
+    fn run(outcomes: Vec<Result<u32, AwsError>>, deadline_secs: u64) -> Outcome {
+        let clock = ManualClock::manual(0.5);
         let outcomes = RefCell::new(outcomes.into_iter());
         let mut reports = Vec::new();
-        let deadline = clock.now() + chrono::Duration::seconds(deadline_secs);
+        let deadline = clock.instant() + Duration::from_secs(deadline_secs);
         let result = futures::executor::block_on(with_retries(
             &RetryPolicy::default(),
             &clock,
@@ -156,12 +150,7 @@ mod tests {
 
     #[test]
     fn errors_that_retrying_cannot_fix_fail_at_once() {
-        let denied = AwsError::Service {
-            status: 403,
-            code: "AccessDenied".into(),
-            message: String::new(),
-            request_id: None,
-        };
+        let denied = AwsError::service(403, "AccessDenied", "", None);
         let (result, reports, slept) = run(vec![Err(denied.clone())], 600);
         assert_eq!(result, Err(denied));
         assert_eq!(reports, [(1, None)]);

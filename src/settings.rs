@@ -22,8 +22,6 @@ pub trait Variables {
 
 /// The region used when `aws_region` is not set.
 pub const DEFAULT_REGION: &str = "us-east-1";
-/// The most secrets one account's rotation writes (`secret_format = both`).
-const MAX_SECRETS_PER_ACCOUNT: u32 = 4;
 /// The EC2 instance metadata service, where every SDK looks for it.
 pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
 /// The longest session a role session may assume (AWS's cap on role chaining).
@@ -89,39 +87,22 @@ impl RotationRules {
         }
         self.timing.check(duration_seconds)
     }
+}
 
-    /// The longest one account's writes can take once started: every attempt waiting
-    /// for its turn behind the other running accounts' writes (at the slower sink's
-    /// pace), then timing out, with the backoff between attempts.
-    pub fn writing_window(&self) -> Duration {
-        let queue = |rate: u32| match rate {
-            0 => Duration::ZERO,
-            rate => {
-                Duration::from_secs(1) * (self.max_concurrency as u32 * MAX_SECRETS_PER_ACCOUNT)
-                    / rate
-            }
-        };
-        let queued = [
-            (self.sink.secrets_manager(), self.writes_per_second),
-            (self.sink.ssm(), self.ssm_writes_per_second),
-        ]
-        .into_iter()
-        .filter(|(used, _)| *used)
-        .map(|(_, rate)| queue(rate))
-        .max()
+/// The longest `store_prefix` accepted.
+const MAX_STORE_PREFIX_LEN: usize = 128;
+
+/// `store_prefix`: every key this deployment reads and writes lives under it (empty by
+/// default), so that two deployments, staging and production, can share one Redis
+/// database without rotating each other's teams. Printable ASCII without spaces.
+pub fn store_prefix(variables: &impl Variables) -> anyhow::Result<String> {
+    let prefix = Reader(variables)
+        .optional("store_prefix")?
         .unwrap_or_default();
-        let attempts = self.retry.max_attempts;
-        let backoff: Duration = (1..attempts)
-            .map(|attempt| self.retry.backoff(attempt, 1.0))
-            .sum();
-        (self.request_timeout + queued) * attempts + backoff
+    if prefix.len() > MAX_STORE_PREFIX_LEN || !prefix.chars().all(|c| c.is_ascii_graphic()) {
+        bail!("variable store_prefix must be at most {MAX_STORE_PREFIX_LEN} printable ASCII characters without spaces, such as \"prod/\", got {prefix:?}");
     }
-
-    /// The lease's lifetime: twice the writing window, so that a lease confirmed (and
-    /// renewed when half spent) before an account's writes outlives them.
-    pub fn lease_ttl(&self) -> Duration {
-        self.writing_window() * 2
-    }
+    Ok(prefix)
 }
 
 /// Everything a tick needs to know, validated.
@@ -603,22 +584,13 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_lease_outlives_the_longest_account() {
-        let rules = RotationRules::default();
-        // Three attempts of 20 s, each behind up to 32 accounts x 4 writes at 40/s
-        // (3.2 s), with 1 s and 2 s of backoff between them.
-        assert_eq!(rules.writing_window(), Duration::from_millis(72_600));
-        assert_eq!(rules.lease_ttl(), Duration::from_millis(145_200));
-        let unpaced = RotationRules {
-            writes_per_second: 0,
-            ..RotationRules::default()
-        };
-        assert_eq!(unpaced.writing_window(), Duration::from_secs(63));
-        let parameters = RotationRules {
-            sink: SecretSink::Both,
-            ..RotationRules::default()
-        };
-        // Parameter Store's 2 writes a second are the slower queue: 64 s.
-        assert_eq!(parameters.writing_window(), Duration::from_secs(255));
+    fn the_store_prefix_is_optional_and_printable() {
+        let prefix = |value: &str| store_prefix(&FakeVariables::new(&[("store_prefix", value)]));
+        assert_eq!(store_prefix(&FakeVariables::new(&[])).unwrap(), "");
+        assert_eq!(prefix("prod/").unwrap(), "prod/");
+        for bad in ["two words/", "ta\tb", "\u{e9}t\u{e9}/", &"x".repeat(129)] {
+            let error = prefix(bad).unwrap_err().to_string();
+            assert!(error.contains("store_prefix"), "{error}");
+        }
     }
 }

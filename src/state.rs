@@ -6,6 +6,10 @@
 //! a fingerprint of the configuration, and the last error's code and message. Each
 //! document names its writer, so that in a store shared with other applications this one
 //! only ever deletes its own documents.
+//!
+//! Fields this version does not know (a newer version wrote them, during a rolling
+//! upgrade) are read, kept and written back as they were: the documents are never refused
+//! for them, and a newer node's bookkeeping survives an older node's tick.
 
 use std::collections::BTreeMap;
 
@@ -14,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::AccountConfig;
-use crate::template::{SecretFormat, SecretPath, SecretSink, Sink};
+use crate::template::{SecretFormat, SecretPath, SecretSink};
 
 /// The key prefix of team state documents.
 pub const STATE_PREFIX: &str = "state/";
@@ -36,7 +40,13 @@ pub struct TeamState {
     /// changes, its accounts' failure backoff starts over.
     pub document: String,
     pub accounts: BTreeMap<String, AccountState>,
+    /// Fields a newer version wrote.
+    #[serde(flatten)]
+    pub other: Fields,
 }
+
+/// The fields of a stored document that this version does not know, kept as they are.
+pub type Fields = serde_json::Map<String, serde_json::Value>;
 
 /// A stored document as written, before it is known to be a state document: one carries
 /// the writer's mark, or (written before the mark existed) an `accounts` table. Any other
@@ -48,6 +58,8 @@ struct Stored {
     #[serde(default)]
     document: String,
     accounts: Option<BTreeMap<String, AccountState>>,
+    #[serde(flatten)]
+    other: Fields,
 }
 
 impl TeamState {
@@ -62,6 +74,7 @@ impl TeamState {
             writer: stored.writer,
             document: stored.document,
             accounts: stored.accounts.unwrap_or_default(),
+            other: stored.other,
         })
     }
 
@@ -108,9 +121,13 @@ pub struct AccountState {
     #[serde(default)]
     pub partial_write_at: Option<DateTime<Utc>>,
     /// When each sink last received a complete set (with `secret_sink = both`, the
-    /// account is rotated only when both have).
+    /// account is rotated only when both have), by the sink's name: a sink a newer
+    /// version writes to is kept like any other.
     #[serde(default)]
-    pub sinks: BTreeMap<Sink, DateTime<Utc>>,
+    pub sinks: BTreeMap<String, DateTime<Utc>>,
+    /// Fields a newer version wrote.
+    #[serde(flatten)]
+    pub other: Fields,
 }
 
 /// The step at which an account failed.
@@ -248,6 +265,23 @@ pub(crate) mod tests {
         ] {
             assert_eq!(TeamState::read(foreign), None);
         }
+    }
+
+    /// A newer version's fields, at the document's and at an account's level, and a sink
+    /// this version does not write to, are read and written back as they were.
+    #[test]
+    fn a_newer_versions_fields_are_kept() {
+        let newer = r#"{"writer":"concourse-sts","document":"d","epoch":7,"accounts":{"a":{"fingerprint":"f","sinks":{"vault":"2030-01-01T00:00:00Z"},"vault_version":3}}}"#;
+        let state = TeamState::read(newer.as_bytes()).unwrap();
+        assert!(state.is_marked());
+        assert_eq!(state.accounts["a"].fingerprint, "f");
+        let written: serde_json::Value = serde_json::from_slice(&state.to_bytes()).unwrap();
+        assert_eq!(written["epoch"], 7);
+        assert_eq!(written["accounts"]["a"]["vault_version"], 3);
+        assert_eq!(
+            written["accounts"]["a"]["sinks"]["vault"],
+            "2030-01-01T00:00:00Z"
+        );
     }
 
     #[test]

@@ -39,6 +39,63 @@ pub trait KeyValue {
     fn swap(&self, key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<(), StoreError>;
 }
 
+/// A store seen under a key prefix (the `store_prefix` variable): the keys outside it do
+/// not exist, and every key inside is seen without the prefix. An empty prefix is the
+/// store itself.
+pub struct Prefixed<K> {
+    inner: K,
+    prefix: String,
+}
+
+impl<K: KeyValue> Prefixed<K> {
+    pub fn new(inner: K, prefix: &str) -> Self {
+        Self {
+            inner,
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn keys_of(&self, keys: &[String]) -> Vec<String> {
+        keys.iter().map(|key| self.key(key)).collect()
+    }
+}
+
+impl<K: KeyValue> KeyValue for Prefixed<K> {
+    fn keys(&self) -> Result<Vec<String>, StoreError> {
+        let keys = self.inner.keys()?;
+        Ok(keys
+            .into_iter()
+            .filter_map(|key| key.strip_prefix(&self.prefix).map(str::to_owned))
+            .collect())
+    }
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(&self.key(key))
+    }
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.inner.set(&self.key(key), value)
+    }
+    fn set_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+        let entries: Vec<(String, Vec<u8>)> = entries
+            .iter()
+            .map(|(key, value)| (self.key(key), value.clone()))
+            .collect();
+        self.inner.set_many(&entries)
+    }
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(&self.key(key))
+    }
+    fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        self.inner.delete_many(&self.keys_of(keys))
+    }
+    fn swap(&self, key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<(), StoreError> {
+        self.inner.swap(&self.key(key), expected, new)
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -83,6 +140,10 @@ pub(crate) mod tests {
         pub inner: MemoryStore,
         pub before_get: Option<Hook>,
         pub after_swap: Option<Hook>,
+        /// Reads answered so far.
+        pub gets: Cell<usize>,
+        /// The next this many reads fail, as a store that blinks does.
+        pub failing_gets: Cell<u32>,
     }
 
     impl KeyValue for RacedStore {
@@ -93,6 +154,11 @@ pub(crate) mod tests {
             if let Some(hook) = &self.before_get {
                 hook(&self.inner, key);
             }
+            if self.failing_gets.get() > 0 {
+                self.failing_gets.set(self.failing_gets.get() - 1);
+                return Err(StoreError::Backend("connection reset".into()));
+            }
+            self.gets.set(self.gets.get() + 1);
             self.inner.get(key)
         }
         fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
@@ -152,5 +218,59 @@ pub(crate) mod tests {
             }
             Ok(())
         }
+    }
+
+    impl KeyValue for &MemoryStore {
+        fn keys(&self) -> Result<Vec<String>, StoreError> {
+            (**self).keys()
+        }
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            (**self).get(key)
+        }
+        fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+            (**self).set(key, value)
+        }
+        fn set_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+            (**self).set_many(entries)
+        }
+        fn delete(&self, key: &str) -> Result<(), StoreError> {
+            (**self).delete(key)
+        }
+        fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+            (**self).delete_many(keys)
+        }
+        fn swap(&self, key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<(), StoreError> {
+            (**self).swap(key, expected, new)
+        }
+    }
+
+    /// Two deployments on one store: each sees and writes only its own keys.
+    #[test]
+    fn a_prefixed_store_sees_only_its_own_keys() {
+        let shared = MemoryStore::default()
+            .with("team/unprefixed", "u")
+            .with("prod/team/a", "p")
+            .with("staging/team/a", "s");
+        let prod = Prefixed::new(&shared, "prod/");
+        assert_eq!(prod.keys().unwrap(), ["team/a"]);
+        assert_eq!(prod.get("team/a").unwrap().as_deref(), Some(&b"p"[..]));
+        prod.set_many(&[("state/a".into(), b"1".to_vec())]).unwrap();
+        prod.swap("lease/rotation", None, b"l").unwrap();
+        prod.delete_many(&["team/a".into()]).unwrap();
+        assert_eq!(
+            shared.entries.borrow().keys().collect::<Vec<_>>(),
+            [
+                "prod/lease/rotation",
+                "prod/state/a",
+                "staging/team/a",
+                "team/unprefixed"
+            ]
+        );
+        let all = Prefixed::new(&shared, "");
+        assert_eq!(
+            all.keys().unwrap().len(),
+            4,
+            "an empty prefix is the store itself"
+        );
     }
 }

@@ -262,14 +262,20 @@ impl FromStr for SecretSink {
 }
 
 /// One service credentials are written to.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Sink {
-    #[serde(rename = "secretsmanager")]
     SecretsManager,
-    #[serde(rename = "ssm")]
     ParameterStore,
+}
+
+impl Sink {
+    /// The name the state documents record it by.
+    pub fn name(self) -> &'static str {
+        match self {
+            Sink::SecretsManager => "secretsmanager",
+            Sink::ParameterStore => "ssm",
+        }
+    }
 }
 
 impl SecretSink {

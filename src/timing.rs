@@ -75,13 +75,28 @@ impl Timing {
 
     /// When an account that has now failed `failures` times in a row is tried again:
     /// `None` (the next tick) after the first failure, then 5 minutes, doubling, capped
-    /// at `failure_backoff_max`.
-    pub fn next_attempt(&self, failed_at: DateTime<Utc>, failures: u32) -> Option<DateTime<Utc>> {
+    /// at `failure_backoff_max`. Backing off never lets working credentials run short:
+    /// the wait ends where the current ones (expiring at `expiration`) fall below
+    /// `rotate_before_expiry`, and once they have, while they still work, every tick
+    /// tries again.
+    pub fn next_attempt(
+        &self,
+        failed_at: DateTime<Utc>,
+        failures: u32,
+        expiration: Option<DateTime<Utc>>,
+    ) -> Option<DateTime<Utc>> {
         let doublings = failures.checked_sub(2)?.min(31);
         let wait = FAILURE_BACKOFF_BASE
             .saturating_mul(1u32 << doublings)
             .min(self.failure_backoff_max);
-        Some(failed_at + chrono_duration(wait))
+        let backoff = failed_at + chrono_duration(wait);
+        match expiration.filter(|expiration| *expiration > failed_at) {
+            Some(expiration) => {
+                let running_short = expiration - chrono_duration(self.rotate_before_expiry);
+                (running_short > failed_at).then(|| backoff.min(running_short))
+            }
+            None => Some(backoff),
+        }
     }
 }
 
@@ -125,7 +140,7 @@ mod tests {
         let waits: Vec<Option<i64>> = (1..=7)
             .map(|failures| {
                 timing
-                    .next_attempt(at(0), failures)
+                    .next_attempt(at(0), failures, None)
                     .map(|next| (next - at(0)).num_minutes())
             })
             .collect();
@@ -145,6 +160,24 @@ mod tests {
             failure_backoff_max: Duration::from_secs(600),
             ..Timing::default()
         };
-        assert_eq!(short.next_attempt(at(0), 40), Some(at(10)));
+        assert_eq!(short.next_attempt(at(0), 40, None), Some(at(10)));
+    }
+
+    /// Credentials expiring at minute 80 fall below the 30-minute margin at minute 50,
+    /// before the hour's backoff ends: it is cut there; once past it every tick tries
+    /// again while they work; credentials already expired back off as usual.
+    #[test]
+    fn backing_off_never_outlasts_the_current_credentials() {
+        let timing = Timing::default();
+        let next = |failed_at: i64, expires: i64| {
+            timing
+                .next_attempt(at(failed_at), 6, Some(at(expires)))
+                .map(|next| (next - at(0)).num_minutes())
+        };
+        assert_eq!(next(0, 300), Some(60), "far from expiry: the whole backoff");
+        assert_eq!(next(0, 80), Some(50), "cut at the margin");
+        assert_eq!(next(75, 100), None, "inside the margin: the next tick");
+        assert_eq!(next(120, 100), Some(180), "expired: backing off as usual");
+        assert_eq!(timing.next_attempt(at(0), 1, Some(at(100))), None);
     }
 }

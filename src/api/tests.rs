@@ -15,6 +15,7 @@ const TEAM: &str =
 struct FakeRotator {
     asked: RefCell<Vec<String>>,
     busy: bool,
+    lost: bool,
 }
 
 impl Rotator for FakeRotator {
@@ -26,6 +27,9 @@ impl Rotator for FakeRotator {
         let summary = TickSummary {
             rotated: 1,
             lease_busy: self.busy,
+            lease_lost: self
+                .lost
+                .then(|| "the lease was taken over by tick-other".to_owned()),
             ..TickSummary::default()
         };
         let event = Event::AccountRotated {
@@ -69,7 +73,7 @@ fn call_with(
         authorization,
     };
     let read_body = || async { body.as_bytes().to_vec() };
-    futures::executor::block_on(handle(&request, token, read_body, store, rotator))
+    futures::executor::block_on(handle(&request, token, read_body, || Ok(store), rotator))
 }
 
 fn code(response: &ApiResponse) -> &str {
@@ -187,11 +191,16 @@ fn the_body_is_not_read_before_the_token_is_checked() {
         read.set(true);
         TEAM.as_bytes().to_vec()
     };
+    let opened = std::cell::Cell::new(false);
+    let open_store = || {
+        opened.set(true);
+        anyhow::Ok(&store)
+    };
     let response = futures::executor::block_on(handle(
         &request,
         Some(TOKEN),
         read_body,
-        &store,
+        open_store,
         &FakeRotator::default(),
     ));
     assert_eq!(response.status, 401);
@@ -199,6 +208,44 @@ fn the_body_is_not_read_before_the_token_is_checked() {
         !read.get(),
         "the body was read for a caller without the token"
     );
+    assert!(
+        !opened.get(),
+        "the store was opened for a caller without the token"
+    );
+}
+
+/// A store that cannot be opened is an answer for an authorized caller only: the
+/// others learn nothing of it, not even its error.
+#[test]
+fn the_store_is_opened_only_after_authorization() {
+    let request = |authorization| ApiRequest {
+        method: "GET",
+        path: "/teams",
+        authorization,
+    };
+    let broken = || -> anyhow::Result<&MemoryStore> {
+        anyhow::bail!("redis://10.0.0.7: connection refused")
+    };
+    let bearer = format!("Bearer {TOKEN}");
+    let answer = |authorization| {
+        futures::executor::block_on(handle(
+            &request(authorization),
+            Some(TOKEN),
+            || async { Vec::new() },
+            broken,
+            &FakeRotator::default(),
+        ))
+    };
+    let stranger = answer(None);
+    assert_eq!(stranger.status, 401);
+    assert!(!stranger.body.unwrap().to_string().contains("redis"));
+    let operator = answer(Some(&bearer));
+    assert_eq!(operator.status, 503);
+    assert!(operator
+        .body
+        .unwrap()
+        .to_string()
+        .contains("connection refused"));
 }
 
 #[test]
@@ -346,6 +393,20 @@ fn rotate_runs_the_team_and_reports_each_account() {
         (response.status, code(&response)),
         (409, "rotation_in_progress")
     );
+    let lost = FakeRotator {
+        lost: true,
+        ..Default::default()
+    };
+    let response = call_with(
+        &store,
+        &lost,
+        Some(TOKEN),
+        "POST",
+        "/teams/alpha/rotate",
+        "",
+        Some(&authorization),
+    );
+    assert_eq!((response.status, code(&response)), (409, "lease_lost"));
     let unknown = call_with(
         &store,
         &rotator,
@@ -420,7 +481,7 @@ proptest::proptest! {
         let store = MemoryStore::default().with("team/alpha", TEAM);
         let rotator = FakeRotator::default();
         let request = ApiRequest { method: &method, path: &path, authorization: authorization.as_deref() };
-        let response = futures::executor::block_on(handle(&request, Some(TOKEN), || async { body.clone() }, &store, &rotator));
+        let response = futures::executor::block_on(handle(&request, Some(TOKEN), || async { body.clone() }, || Ok(&store), &rotator));
         if response.status >= 400 {
             let body = response.body.unwrap();
             proptest::prop_assert!(body["error"]["code"].is_string() && body["error"]["message"].is_string());

@@ -9,15 +9,16 @@ pub mod endpoints;
 pub mod error;
 pub mod identity;
 pub mod secrets;
+pub mod session;
 pub mod signing;
 pub mod ssm;
 pub mod sts;
 pub mod transport;
 mod xml;
 
-pub use client::{AwsClient, Written};
+pub use client::{AwsClient, Gate, Written};
 pub use credentials::{AssumedCredentials, RotatorCredentials};
 pub use endpoints::Endpoints;
-pub use error::AwsError;
+pub use error::{AwsError, ErrorKind};
 pub use identity::{CredentialsSource, RotatorIdentity};
 pub use transport::{HttpResponse, Transport, TransportError};

@@ -11,10 +11,6 @@ use super::{AssumedCredentials, AwsError, HttpResponse};
 
 /// The media type of the JSON 1.1 protocol.
 pub const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
-/// The error code that means "create it first".
-pub const NOT_FOUND: &str = "ResourceNotFoundException";
-/// The error code of a `CreateSecret` that lost a race with another writer.
-pub const ALREADY_EXISTS: &str = "ResourceExistsException";
 
 /// One operation of a JSON-protocol service (Secrets Manager, Parameter Store), ready
 /// to be sent.
@@ -235,7 +231,8 @@ mod tests {
                 r#"{"__type":"com.amazonaws.secretsmanager#ResourceNotFoundException","message":"Secrets Manager can't find the specified secret."}"#,
             ))
             .unwrap_err();
-            assert_eq!(error.code(), Some(NOT_FOUND));
+            assert_eq!(error.code(), Some("ResourceNotFoundException"));
+            assert_eq!(error.kind(), crate::aws::ErrorKind::NotFound);
         }
         let error = check_write(&answer(
             400,

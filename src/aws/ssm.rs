@@ -23,7 +23,7 @@ use serde::Serialize;
 use super::error::parse_error_answer;
 // The JSON 1.1 operation shape (`X-Amz-Target` and body) is the one Secrets Manager uses.
 use super::secrets::Operation;
-use super::{AwsError, HttpResponse, Written};
+use super::{AwsError, ErrorKind, HttpResponse, Written};
 use crate::names::describe_char;
 
 /// The SigV4 signing name of the service (the endpoint is `ssm.<region>.amazonaws.com`).
@@ -409,9 +409,12 @@ where
     F: Future<Output = Result<HttpResponse, AwsError>>,
 {
     if expectation == Expectation::Missing {
-        match check_put(&send(create_parameter(write)).await?) {
+        match send(create_parameter(write))
+            .await
+            .and_then(|answer| check_put(&answer))
+        {
             Ok(_) => return Ok(ParameterWritten::Created),
-            Err(error) if error.code() == Some(ALREADY_EXISTS) => {}
+            Err(error) if error.kind() == ErrorKind::AlreadyExists => {}
             Err(error) => return Err(error),
         }
     }

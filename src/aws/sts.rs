@@ -1,4 +1,6 @@
-//! STS `AssumeRole` over the query protocol: the form body, and the XML answer or error.
+//! STS over the query protocol: `AssumeRole` (the form body, and the XML answer or
+//! error), and `GetCallerIdentity`, which needs no permission and is sent only for the
+//! time its answer carries.
 
 use chrono::{DateTime, Utc};
 
@@ -31,6 +33,10 @@ impl AssumeRole<'_> {
         form.finish()
     }
 }
+
+/// The body of `GetCallerIdentity`: it asks nothing of the rotator's policy, so any
+/// working credentials get an answer, and with it AWS's `Date`.
+pub const GET_CALLER_IDENTITY: &str = "Action=GetCallerIdentity&Version=2011-06-15";
 
 /// The media type STS's query protocol expects.
 pub const CONTENT_TYPE: &str = "application/x-www-form-urlencoded; charset=utf-8";

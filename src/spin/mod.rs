@@ -12,12 +12,14 @@ use spin_sdk::http::{IncomingRequest, Response};
 
 use crate::api::{self, ApiRequest, Rotator};
 use crate::aws::AwsClient;
+use crate::clock::Clock;
 use crate::events::{Event, EventSink, LogLine};
-use crate::settings::{Settings, Variables};
+use crate::settings::{self, Settings, Variables};
+use crate::store::Prefixed;
 use crate::tick::{Engine, TickSummary};
 use http::SpinTransport;
 use store::SpinStore;
-use time::WasiClock;
+use time::WasiTime;
 
 wit_bindgen::generate!({ world: "component", path: "wit", generate_all });
 
@@ -31,9 +33,19 @@ impl Guest for Component {
 
 /// The command trigger's entry point: one tick, the same as a cron event. The failure
 /// summary is already logged; the exit status says whether there was one.
+///
+/// A failed tick ends through `wasi:cli/exit` instead of returning `Err`, because not every
+/// host reads what `run` returns: SpinKube's Spin shim (trigger-command 0.5) drops it, and
+/// its pod would end as Complete. An exit is a trap that every host sees.
 impl exports::wasi::cli::run::Guest for Component {
     fn run() -> Result<(), ()> {
-        spin_executor::run(tick()).map_err(|_| ())
+        if spin_executor::run(tick()).is_ok() {
+            return Ok(());
+        }
+        // The exit skips Rust's own cleanup; the log lines must be out before it.
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        wasi::cli::exit::exit(Err(()));
+        Err(())
     }
 }
 
@@ -57,20 +69,22 @@ async fn tick() -> Result<(), String> {
 
 /// A full tick, or with `team` one team's rotation, as configured by the variables.
 async fn rotate(log: &StdoutLog, team: Option<&str>) -> anyhow::Result<TickSummary> {
-    let store = SpinStore::open()?;
+    let store = open_store()?;
     let settings = Settings::from_variables(&SpinVariables)?;
     let transport = SpinTransport {
         timeout: settings.rules.request_timeout,
     };
+    let clock = Clock::new(WasiTime);
     let client = AwsClient::new(
         transport,
+        &clock,
         settings.identity,
         &settings.region,
         settings.endpoints,
     );
     let engine = Engine {
         client: &client,
-        clock: &WasiClock,
+        clock: &clock,
         store: &store,
         sink: log,
         rules: &settings.rules,
@@ -80,6 +94,12 @@ async fn rotate(log: &StdoutLog, team: Option<&str>) -> anyhow::Result<TickSumma
         None => engine.run_tick().await,
         Some(team) => engine.rotate_team(team).await,
     }
+}
+
+/// The `default` store, seen under the `store_prefix` variable.
+fn open_store() -> anyhow::Result<Prefixed<SpinStore>> {
+    let prefix = settings::store_prefix(&SpinVariables)?;
+    Ok(Prefixed::new(SpinStore::open()?, &prefix))
 }
 
 /// The admin API (see [`crate::api`]): Spin's request in, the API's answer out.
@@ -100,13 +120,8 @@ async fn admin_api(request: IncomingRequest) -> Response {
         path: &path,
         authorization: authorization.as_deref(),
     };
-    let answer = match SpinStore::open() {
-        Ok(store) => {
-            let body = || read_body(request);
-            api::handle(&head, token.as_deref(), body, &store, &SpinRotator).await
-        }
-        Err(error) => api::store_failed(error),
-    };
+    let body = || read_body(request);
+    let answer = api::handle(&head, token.as_deref(), body, open_store, &SpinRotator).await;
     let mut response = Response::builder();
     response.status(answer.status);
     if let Some(body) = answer.body {

@@ -1,6 +1,6 @@
 //! Time and chance from WASI: the wall clock (in milliseconds, which is what logs and
-//! state need), timers on the monotonic clock driven by Spin's executor, and the random
-//! source for jitter and ids.
+//! state need), the monotonic clock and timers on it driven by Spin's executor, and the
+//! random source for jitter and ids.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, DurationRound, Utc};
 
-use crate::clock::Clock;
+use crate::clock::TimeSource;
 
 /// The wall clock, to the millisecond.
 pub fn now() -> DateTime<Utc> {
@@ -24,11 +24,15 @@ pub fn random_id() -> String {
 }
 
 /// Time from WASI's clocks, chance from its random source.
-pub struct WasiClock;
+pub struct WasiTime;
 
-impl Clock for WasiClock {
-    fn now(&self) -> DateTime<Utc> {
+impl TimeSource for WasiTime {
+    fn wall(&self) -> DateTime<Utc> {
         now()
+    }
+
+    fn monotonic(&self) -> Duration {
+        Duration::from_nanos(wasi::clocks::monotonic_clock::now())
     }
 
     async fn sleep(&self, duration: Duration) {

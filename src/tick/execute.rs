@@ -1,8 +1,8 @@
-//! Rotating one due account: `AssumeRole`, the lease's fence, then every secret of the
-//! account's format written concurrently into every sink (Secrets Manager, Parameter
-//! Store). Each AWS call is retried in the standard mode within the tick's budget and
-//! every failed attempt is reported as it happens; the account itself ends in one
-//! [`Outcome`].
+//! Rotating one due account: `AssumeRole`, then every secret of the account's format
+//! written concurrently into every sink (Secrets Manager, Parameter Store), each request
+//! through its service's [`WriteGate`]: its turn in the pace, then the lease's fence.
+//! Each AWS call is retried in the standard mode within the tick's budget and every
+//! failed attempt is reported as it happens; the account itself ends in one [`Outcome`].
 
 use std::future::Future;
 
@@ -12,8 +12,8 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::aws::secrets::SecretWrite;
 use crate::aws::ssm::{Expectation, ParameterWrite, ParameterWritten};
 use crate::aws::sts::AssumeRole;
-use crate::aws::{AssumedCredentials, AwsClient, AwsError, Transport, Written};
-use crate::clock::{chrono_duration, Clock};
+use crate::aws::{AssumedCredentials, AwsClient, AwsError, ErrorKind, Gate, Transport, Written};
+use crate::clock::{Clock, Instant, TimeSource};
 use crate::events::{Event, EventSink};
 use crate::lease::{Lease, LeaseError};
 use crate::pace::WritePacer;
@@ -40,65 +40,112 @@ pub enum Outcome {
         /// The sinks that did receive every secret.
         complete: Vec<Sink>,
     },
-    /// Not started: the tick's budget ran out, or the rotator's credentials failed.
-    Deferred,
-    /// Not written: the lease could not be confirmed.
+    /// Not finished, and not the account's fault: it is not charged.
+    Stopped {
+        why: Stop,
+        /// Writes had begun, so some may have landed: the account stays marked for
+        /// repair.
+        writing_started: bool,
+    },
+}
+
+/// Why an account was stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// The tick's budget ran out before it started.
+    Budget,
+    /// The rotator's own credentials could not be had or were refused.
+    Rotator,
+    /// The lease is no longer this tick's: nothing more is written.
     LeaseLost(LeaseError),
 }
 
-/// What every account of a tick runs with.
-pub struct Executor<'a, T, C, K> {
-    pub client: &'a AwsClient<T>,
-    pub clock: &'a C,
-    pub rules: &'a RotationRules,
-    pub sink: &'a dyn EventSink,
-    /// Secrets Manager's pace and Parameter Store's: each service has its own quota.
-    pub pacer: &'a WritePacer<'a, C>,
-    pub ssm_pacer: &'a WritePacer<'a, C>,
-    pub lease: &'a Lease<'a, K, C>,
-    /// No account starts, and no attempt is retried, past this.
-    pub deadline: DateTime<Utc>,
+/// The gate of one service's writes: the request waits for its turn in the service's
+/// pace, then the lease must still be this tick's, right before it is sent.
+pub struct WriteGate<'a, K, S> {
+    pub pacer: WritePacer<'a, S>,
+    pub lease: &'a Lease<'a, K, S>,
 }
 
-impl<T: Transport, C: Clock, K: KeyValue> Executor<'_, T, C, K> {
+impl<K: KeyValue, S: TimeSource> Gate for WriteGate<'_, K, S> {
+    async fn admit(&self) -> Result<(), String> {
+        self.pacer.wait_turn().await;
+        self.lease.fence().await.map_err(|lost| lost.to_string())
+    }
+}
+
+/// What every account of a tick runs with.
+pub struct Executor<'a, T, S, K> {
+    pub client: &'a AwsClient<'a, T, S>,
+    pub clock: &'a Clock<S>,
+    pub rules: &'a RotationRules,
+    pub sink: &'a dyn EventSink,
+    /// Secrets Manager's gate and Parameter Store's: each service has its own quota.
+    pub secrets_manager: WriteGate<'a, K, S>,
+    pub parameter_store: WriteGate<'a, K, S>,
+    pub lease: &'a Lease<'a, K, S>,
+    /// No account starts, and no attempt is retried, past this.
+    pub deadline: Instant,
+}
+
+impl<T: Transport, S: TimeSource, K: KeyValue> Executor<'_, T, S, K> {
     pub async fn run(&self, job: &Job) -> Outcome {
-        if self.clock.now() + chrono_duration(self.rules.request_timeout) > self.deadline {
-            return Outcome::Deferred;
+        let stopped = |why| Outcome::Stopped {
+            why,
+            writing_started: false,
+        };
+        if self.clock.instant() + self.rules.request_timeout > self.deadline {
+            return stopped(Stop::Budget);
         }
-        if self.lease.is_lost() {
-            return Outcome::LeaseLost(LeaseError::TakenOver("another tick".into()));
+        if let Some(lost) = self.lease.lost() {
+            return stopped(Stop::LeaseLost(lost));
         }
         if self.client.credentials_failure().is_some() {
-            return Outcome::Deferred;
+            return stopped(Stop::Rotator);
         }
         let credentials = match self.assume_role(job).await {
             Ok(credentials) => credentials,
-            // The rotator's own credentials failed, not this account: the tick stops.
-            Err(AwsError::Credentials(_)) => return Outcome::Deferred,
             Err(error) => {
-                return Outcome::Failed {
+                return self.stopped(&error, false).unwrap_or(Outcome::Failed {
                     stage: Stage::AssumeRole,
                     error,
                     wrote_some: false,
                     complete: Vec::new(),
-                }
+                })
             }
         };
-        if let Err(lost) = self.lease.confirm().await {
-            return Outcome::LeaseLost(lost);
-        }
         match self.write_all(job, &credentials).await {
             Ok(secrets_created) => Outcome::Rotated {
                 expiration: credentials.expiration,
                 secrets_created,
             },
-            Err(failure) => Outcome::Failed {
-                stage: Stage::WriteSecrets,
-                error: failure.error,
-                wrote_some: failure.wrote_some,
-                complete: failure.complete,
-            },
+            Err(failure) => self
+                .stopped(&failure.error, true)
+                .unwrap_or(Outcome::Failed {
+                    stage: Stage::WriteSecrets,
+                    error: failure.error,
+                    wrote_some: failure.wrote_some,
+                    complete: failure.complete,
+                }),
         }
+    }
+
+    /// The outcome of an error that is not the account's: the rotator's credentials
+    /// failed (the tick stops), or a write was held back because the lease was lost.
+    fn stopped(&self, error: &AwsError, writing_started: bool) -> Option<Outcome> {
+        let why = match error.kind() {
+            ErrorKind::RotatorAuth => Stop::Rotator,
+            ErrorKind::Halted => Stop::LeaseLost(
+                self.lease
+                    .lost()
+                    .unwrap_or_else(|| LeaseError::TakenOver("another tick".into())),
+            ),
+            _ => return None,
+        };
+        Some(Outcome::Stopped {
+            why,
+            writing_started,
+        })
     }
 
     async fn assume_role(&self, job: &Job) -> Result<AssumedCredentials, AwsError> {
@@ -197,7 +244,7 @@ impl<T: Transport, C: Clock, K: KeyValue> Executor<'_, T, C, K> {
             Sink::SecretsManager => {
                 let write = SecretWrite::new(&target.name, value, credentials, team, account);
                 let attempt = || {
-                    let sent = self.client.write_secret(self.pacer, &write);
+                    let sent = self.client.write_secret(&self.secrets_manager, &write);
                     async { sent.await.map_err(|error| error.redacted(&values)) }
                 };
                 self.retried(job, operation, name, attempt).await
@@ -210,9 +257,9 @@ impl<T: Transport, C: Clock, K: KeyValue> Executor<'_, T, C, K> {
                     false => Expectation::Missing,
                 };
                 let attempt = || {
-                    let sent = self
-                        .client
-                        .write_parameter(self.ssm_pacer, &write, expectation);
+                    let sent =
+                        self.client
+                            .write_parameter(&self.parameter_store, &write, expectation);
                     async { sent.await.map_err(|error| error.redacted(&values)) }
                 };
                 let written = self.retried(job, operation, name, attempt).await?;

@@ -12,25 +12,31 @@ pub mod record;
 use std::time::Duration;
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt};
 
 use crate::aws::{AwsClient, Transport};
-use crate::clock::{chrono_duration, Clock};
+use crate::clock::{Clock, Instant, TimeSource};
 use crate::events::{Event, EventSink};
-use crate::lease::{Acquired, Lease};
+use crate::lease::{Acquired, Lease, LeaseError, LeasePolicy};
 use crate::pace::WritePacer;
+use crate::retry::with_retries;
 use crate::settings::RotationRules;
 use crate::store::{KeyValue, StoreError};
 
-use execute::{Executor, Outcome};
-use load::load;
+use execute::{Executor, Outcome, Stop, WriteGate};
+use load::{load, Loaded};
 use plan::{plan, Job, Plan, Scope};
 use record::Record;
 
 /// How often a long tick stores the outcomes it has so far, so that a host stopped late
 /// in a long tick repairs little.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How far this node's own clock may be from AWS's before it finds out: AWS refuses
+/// requests signed further off (five minutes). A first look at the plan this much
+/// ahead of the node's clock tells whether anything can be due; only then is AWS asked
+/// what time it really is.
+const SKEW_ALLOWANCE: Duration = Duration::from_secs(5 * 60);
 
 /// The tick's result: what the cron export turns into `Ok` or an error summary.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -45,6 +51,9 @@ pub struct TickSummary {
     pub invalid_teams: Vec<String>,
     /// Another tick held the lease.
     pub lease_busy: bool,
+    /// Why the lease was lost during the tick: what it did not finish, another holder
+    /// will.
+    pub lease_lost: Option<String>,
 }
 
 impl TickSummary {
@@ -64,6 +73,12 @@ impl TickSummary {
                 "{} invalid team documents: {}",
                 self.invalid_teams.len(),
                 self.invalid_teams.join(", ")
+            ));
+        }
+        if let Some(lost) = self.lease_lost {
+            parts.push(format!(
+                "the lease was lost ({lost}); {} accounts were left to its new holder",
+                self.deferred
             ));
         }
         if parts.is_empty() {
@@ -94,9 +109,9 @@ impl TickSummary {
 }
 
 /// Everything a tick runs on.
-pub struct Engine<'a, T, C, K> {
-    pub client: &'a AwsClient<T>,
-    pub clock: &'a C,
+pub struct Engine<'a, T, S, K> {
+    pub client: &'a AwsClient<'a, T, S>,
+    pub clock: &'a Clock<S>,
     pub store: &'a K,
     /// A trait object, so that the cron tick and the admin API (which also collects the
     /// events) share one copy of the engine in the component.
@@ -107,7 +122,7 @@ pub struct Engine<'a, T, C, K> {
     pub tick: &'a str,
 }
 
-impl<T: Transport, C: Clock, K: KeyValue> Engine<'_, T, C, K> {
+impl<T: Transport, S: TimeSource, K: KeyValue> Engine<'_, T, S, K> {
     /// Runs one tick, unless another holds the lease.
     pub async fn run_tick(&self) -> anyhow::Result<TickSummary> {
         self.run(Scope::All).await
@@ -120,19 +135,13 @@ impl<T: Transport, C: Clock, K: KeyValue> Engine<'_, T, C, K> {
     }
 
     async fn run(&self, scope: Scope<'_>) -> anyhow::Result<TickSummary> {
-        let started = self.clock.now();
+        let started = self.clock.instant();
         let loaded = load(self.store).context("reading teams and state")?;
-        let planned = plan(&loaded, self.rules, started, scope);
-        if !planned.has_work() {
-            let mut summary = self.report_plan(planned);
-            self.finish(&mut summary, started);
-            return Ok(summary);
+        if let Some(idle) = self.idle(&loaded, scope, started).await? {
+            return Ok(idle);
         }
-        // The rotator's own credentials first: without them nothing can be done, and a
-        // failure to get them is the tick's, before any AWS call or lease.
-        self.client.prepare().await?;
-        let ttl = self.rules.lease_ttl();
-        let lease = match Lease::acquire(self.store, self.clock, self.tick, ttl)? {
+        let policy = LeasePolicy::for_requests(self.rules.request_timeout);
+        let lease = match Lease::acquire(self.store, self.clock, self.tick, policy).await? {
             Acquired::Held(lease) => lease,
             Acquired::Busy { holder, until } => {
                 self.sink.emit(&Event::LeaseBusy { holder, until });
@@ -151,35 +160,92 @@ impl<T: Transport, C: Clock, K: KeyValue> Engine<'_, T, C, K> {
         Ok(summary)
     }
 
+    /// The finished summary of a tick with nothing to write, reported here; `None` when
+    /// there is work. Anything that may be due gets the rotator's credentials and AWS's
+    /// time first (a failure to get them is the tick's, before any lease), and the plan
+    /// is made again in AWS time: nodes agree on what is due whatever their own clocks
+    /// say.
+    async fn idle(
+        &self,
+        loaded: &Loaded,
+        scope: Scope<'_>,
+        started: Instant,
+    ) -> anyhow::Result<Option<TickSummary>> {
+        let maybe = plan(loaded, self.rules, self.clock.now() + SKEW_ALLOWANCE, scope);
+        let planned = match maybe.has_work() {
+            false => maybe,
+            true => {
+                self.client.prepare().await?;
+                self.learn_time(started).await?;
+                plan(loaded, self.rules, self.clock.now(), scope)
+            }
+        };
+        if planned.has_work() {
+            return Ok(None);
+        }
+        let mut summary = self.report_plan(planned);
+        self.finish(&mut summary, started);
+        Ok(Some(summary))
+    }
+
+    /// AWS's time, from `sts:GetCallerIdentity` unless an answer already gave it,
+    /// retried in the standard mode.
+    async fn learn_time(&self, started: Instant) -> anyhow::Result<()> {
+        let deadline = started + self.rules.tick_budget;
+        let learned = with_retries(
+            &self.rules.retry,
+            self.clock,
+            deadline,
+            || self.client.learn_time(),
+            |_| {},
+        )
+        .await;
+        if let Some(failure) = self.client.credentials_failure() {
+            return Err(failure.into());
+        }
+        learned.context("asking STS for AWS's time (sts:GetCallerIdentity)")
+    }
+
     /// The tick proper, under the lease: everything is read again, since another tick may
     /// have finished between the first look and the lease.
     async fn rotate(
         &self,
         scope: Scope<'_>,
-        started: DateTime<Utc>,
-        lease: &Lease<'_, K, C>,
+        started: Instant,
+        lease: &Lease<'_, K, S>,
     ) -> anyhow::Result<TickSummary> {
         let loaded = load(self.store).context("reading teams and state")?;
         let mut planned = plan(&loaded, self.rules, self.clock.now(), scope);
         let (mut record, batch) = Record::begin(loaded.states, &planned);
         let jobs = std::mem::take(&mut planned.jobs);
         let mut summary = self.report_plan(planned);
-        self.store
-            .set_many(&batch.writes)
-            .context("marking due accounts")?;
-        if !batch.deletes.is_empty() {
-            self.store
-                .delete_many(&batch.deletes)
-                .context("removing the state of removed teams")?;
+        // The marks go first, under the lease: a tick stopped from here on leaves every
+        // due account marked for repair.
+        match lease.confirm().await {
+            Ok(()) => {
+                self.store
+                    .set_many(&batch.writes)
+                    .context("marking due accounts")?;
+                if !batch.deletes.is_empty() {
+                    self.store
+                        .delete_many(&batch.deletes)
+                        .context("removing the state of removed teams")?;
+                }
+            }
+            Err(lost) => self.lost(&mut summary, &lost),
         }
-        let deadline = started + chrono_duration(self.rules.tick_budget);
+        let deadline = started + self.rules.tick_budget;
         self.execute(jobs, deadline, lease, &mut record, &mut summary)
             .await;
-        self.flush(lease, &mut record)
-            .await
-            .context("storing the rotation state")?;
-        // Credentials that could not be refreshed during the tick stopped it: the tick's
-        // failure, naming the source, not the accounts'.
+        match self.flush(lease, &mut record).await {
+            Err(Unstored::Lost(lost)) => self.lost(&mut summary, &lost),
+            Err(Unstored::Store(error)) => {
+                return Err(error).context("storing the rotation state");
+            }
+            Ok(()) => {}
+        }
+        // Credentials that could not be had or were refused during the tick stopped it:
+        // the tick's failure, naming the source, not the accounts'.
         if let Some(failure) = self.client.credentials_failure() {
             return Err(failure.into());
         }
@@ -191,20 +257,22 @@ impl<T: Transport, C: Clock, K: KeyValue> Engine<'_, T, C, K> {
     async fn execute(
         &self,
         jobs: Vec<Job>,
-        deadline: DateTime<Utc>,
-        lease: &Lease<'_, K, C>,
+        deadline: Instant,
+        lease: &Lease<'_, K, S>,
         record: &mut Record,
         summary: &mut TickSummary,
     ) {
-        let pacer = WritePacer::new(self.clock, self.rules.writes_per_second);
-        let ssm_pacer = WritePacer::new(self.clock, self.rules.ssm_writes_per_second);
+        let gate = |per_second| WriteGate {
+            pacer: WritePacer::new(self.clock, per_second),
+            lease,
+        };
         let executor = Executor {
             client: self.client,
             clock: self.clock,
             rules: self.rules,
             sink: self.sink,
-            pacer: &pacer,
-            ssm_pacer: &ssm_pacer,
+            secrets_manager: gate(self.rules.writes_per_second),
+            parameter_store: gate(self.rules.ssm_writes_per_second),
             lease,
             deadline,
         };
@@ -215,36 +283,48 @@ impl<T: Transport, C: Clock, K: KeyValue> Engine<'_, T, C, K> {
                 (job, outcome)
             })
             .buffer_unordered(self.rules.max_concurrency.max(1));
-        let mut flushed = self.clock.now();
-        let mut lost = false;
+        let mut flushed = self.clock.instant();
         while let Some((job, outcome)) = outcomes.next().await {
-            if let (Outcome::LeaseLost(reason), false) = (&outcome, lost) {
-                lost = true;
-                self.sink.emit(&Event::LeaseLost {
-                    reason: reason.to_string(),
-                });
+            if let Outcome::Stopped {
+                why: Stop::LeaseLost(lost),
+                ..
+            } = &outcome
+            {
+                self.lost(summary, lost);
             }
-            let now = self.clock.now();
             let fraction = self.clock.random_fraction();
-            let event = record.apply(&job, outcome, now, self.rules, fraction);
+            let event = record.apply(&job, outcome, self.clock.now(), self.rules, fraction);
             self.report(summary, event);
             // A failed flush keeps the changes for the next one; the last one reports.
-            if now - flushed >= chrono_duration(FLUSH_INTERVAL) {
+            if self.clock.instant().since(flushed) >= FLUSH_INTERVAL {
                 let _ = self.flush(lease, record).await;
-                flushed = now;
+                flushed = self.clock.instant();
             }
         }
     }
 
     /// Stores the changed state documents in one batch, if the lease is still this
     /// tick's; otherwise they are dropped, and the accounts stay marked for repair.
-    async fn flush(&self, lease: &Lease<'_, K, C>, record: &mut Record) -> Result<(), StoreError> {
-        if !record.has_changes() || lease.confirm().await.is_err() {
+    async fn flush(&self, lease: &Lease<'_, K, S>, record: &mut Record) -> Result<(), Unstored> {
+        if !record.has_changes() {
             return Ok(());
         }
-        self.store.set_many(&record.changed())?;
+        lease.confirm().await.map_err(Unstored::Lost)?;
+        self.store
+            .set_many(&record.changed())
+            .map_err(Unstored::Store)?;
         record.stored();
         Ok(())
+    }
+
+    /// Notes (once) that the lease was lost: from here on nothing more is written.
+    fn lost(&self, summary: &mut TickSummary, lost: &LeaseError) {
+        if summary.lease_lost.is_none() {
+            summary.lease_lost = Some(lost.to_string());
+            self.sink.emit(&Event::LeaseLost {
+                reason: lost.to_string(),
+            });
+        }
     }
 
     /// Reports what the plan decided before any AWS call.
@@ -268,7 +348,7 @@ impl<T: Transport, C: Clock, K: KeyValue> Engine<'_, T, C, K> {
         self.sink.emit(&event);
     }
 
-    fn finish(&self, summary: &mut TickSummary, started: DateTime<Utc>) {
+    fn finish(&self, summary: &mut TickSummary, started: Instant) {
         summary.failed.sort();
         self.sink.emit(&Event::TickFinished {
             accounts: summary.accounts,
@@ -277,9 +357,17 @@ impl<T: Transport, C: Clock, K: KeyValue> Engine<'_, T, C, K> {
             deferred: summary.deferred,
             failed: summary.failed.len(),
             invalid_teams: summary.invalid_teams.len(),
-            elapsed_ms: (self.clock.now() - started).num_milliseconds().max(0) as u64,
+            lease_lost: summary.lease_lost.is_some(),
+            elapsed_ms: self.clock.instant().since(started).as_millis() as u64,
         });
     }
+}
+
+/// Why a batch of state documents was not stored.
+enum Unstored {
+    /// The lease is no longer this tick's.
+    Lost(LeaseError),
+    Store(StoreError),
 }
 
 #[cfg(test)]

@@ -120,7 +120,8 @@ impl Record {
                     written_at: Some(now),
                     expiration: Some(expiration),
                     rotate_after: Some(rotate_after),
-                    sinks: sinks.iter().map(|sink| (*sink, now)).collect(),
+                    sinks: sinks.iter().map(|sink| (sink.name().into(), now)).collect(),
+                    other: std::mem::take(&mut state.other),
                     ..AccountState::default()
                 };
                 rotated(job, expiration, rotate_after, secrets_created)
@@ -134,7 +135,7 @@ impl Record {
                 state.incomplete = was_incomplete || stage == Stage::WriteSecrets;
                 state
                     .sinks
-                    .extend(complete.into_iter().map(|sink| (sink, now)));
+                    .extend(complete.into_iter().map(|sink| (sink.name().into(), now)));
                 let failure = Failure {
                     stage,
                     error,
@@ -143,8 +144,10 @@ impl Record {
                 };
                 failure.record(job, state, timing)
             }
-            Outcome::Deferred | Outcome::LeaseLost(_) => {
-                state.incomplete = was_incomplete;
+            Outcome::Stopped {
+                writing_started, ..
+            } => {
+                state.incomplete = was_incomplete || writing_started;
                 Event::AccountDeferred {
                     team: job.team.clone(),
                     account: job.account.name.clone(),
@@ -204,14 +207,24 @@ struct Failure {
 
 impl Failure {
     /// Counts the failure, sets the account's backoff and says so.
+    ///
+    /// A half-written set whose failure passes by itself (throttling, a timeout) is
+    /// repaired at the very next tick, however often that fails: pipelines read a mix
+    /// meanwhile. Only a repair that fails for good after rewriting some of the secrets
+    /// waits, ten minutes and then its backoff, so that it does not pile up versions.
     fn record(self, job: &Job, state: &mut AccountState, timing: &Timing) -> Event {
-        // The first repair of a half-written triple runs at the next tick; one that fails
-        // after rewriting some secrets makes the next wait ten minutes.
-        if self.wrote_some && job.reason == RotateReason::Incomplete {
-            state.partial_write_at = Some(self.at);
-        }
         state.consecutive_failures += 1;
-        state.next_attempt = timing.next_attempt(self.at, state.consecutive_failures);
+        let transient = self.error.is_retryable();
+        if state.incomplete && transient {
+            state.partial_write_at = None;
+            state.next_attempt = None;
+        } else {
+            if self.wrote_some && job.reason == RotateReason::Incomplete {
+                state.partial_write_at = Some(self.at);
+            }
+            state.next_attempt =
+                timing.next_attempt(self.at, state.consecutive_failures, state.expiration);
+        }
         let last_error = LastError {
             at: self.at,
             stage: self.stage,
@@ -226,7 +239,7 @@ impl Failure {
             role_arn: job.account.role_arn.clone(),
             stage: self.stage,
             code: last_error.code,
-            retryable: self.error.is_retryable(),
+            retryable: transient,
             permanent: last_error.permanent,
             next_attempt: state.next_attempt,
             error: last_error.message,

@@ -1,5 +1,5 @@
-"""Fixtures: the real Spin, in both generations, and one moto_server per session, a fresh
-AWS world per test, and after each test a check that no credential value reached anything
+"""Fixtures: the real Spin, in both generations, and one moto_server per session (behind
+the world's clock, world.py), a fresh AWS world per test, and after each test a check that no credential value reached anything
 spin printed, the components logged, the admin API answered or the key-value store holds.
 
 Every test that uses `aws` runs once per Spin generation (ids `spin3`, `spin4`), unless
@@ -27,6 +27,7 @@ import pytest
 from emulator import Emulator, start_moto_server
 from redis_store import RedisServer
 from spin import WASM, find_spin
+from world import AwsFront
 
 GENERATIONS = ("3", "4")
 NAMES = {"3": "Spin 3.5", "4": "Spin 4"}
@@ -93,7 +94,8 @@ def moto_url(tmp_path_factory):
         pytest.exit(f"{WASM} is missing: run scripts/test, which builds it", 2)
     with open(tmp_path_factory.mktemp("moto") / "moto.log", "w") as log:
         server, url = start_moto_server(log)
-        yield url
+        with AwsFront(url) as front:
+            yield front.url
         server.terminate()
         server.wait(timeout=10)
 

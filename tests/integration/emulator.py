@@ -18,6 +18,7 @@ from pathlib import Path
 
 import boto3
 
+from local_http import WORLD
 from spin import ROOT, SpinNode, free_port
 
 IAM_DIR = ROOT / "deploy" / "iam"
@@ -96,6 +97,11 @@ class Emulator:
     def __init__(self, url, tmp_path, generation):
         self.url = url
         self.tmp_path = tmp_path
+        # A fresh world starts now.
+        WORLD.shift_s = 0
+        # Where the tests' own clients read and write (Secrets Manager and Parameter Store
+        # are regional); a test running the app in another region sets it to that region.
+        self.region = REGION
         # The Spin generation (spin.Generation) every node of this world runs.
         self.generation = generation
         # Everything spin printed, the components logged and the API answered.
@@ -122,7 +128,7 @@ class Emulator:
         return boto3.client(
             service,
             endpoint_url=self.url,
-            region_name=REGION,
+            region_name=self.region,
             aws_access_key_id=access_key,
             aws_secret_access_key=secret_key,
             aws_session_token=token,
@@ -203,11 +209,12 @@ class Emulator:
         self.nodes.append(node)
         return node
 
-    def run(self, variables, teams=(), raw=(), later_s=0):
+    def run(self, variables, teams=(), raw=(), later_s=0, skew_s=0):
         """One tick in a fresh `spin up` of the main node: `teams` are documents registered
         under team/<name>, `raw` are (key, text) pairs stored as they are; `later_s` runs
-        the tick that many seconds in the host's future."""
-        return self.main.run(variables, teams, raw, later_s)
+        the tick that many seconds in the world's future, `skew_s` with the host's clock
+        that far off the world's."""
+        return self.main.run(variables, teams, raw, later_s, skew_s)
 
     def run_until_settled(self, variables, teams, accounts, ticks=8, gap_s=11 * 60):
         """Ticks `gap_s` apart, the first registering `teams`, until `settled(accounts)` or

@@ -12,17 +12,32 @@ import json
 import random
 import socket
 import threading
-from datetime import datetime, timedelta, timezone
+import time
+from datetime import datetime, timedelta
 from urllib.parse import parse_qs, urlparse
 
-from local_http import LocalServer, QuietHandler
+from local_http import WORLD, LocalServer, QuietHandler
 
 KINDS = ("http500", "http503", "throttle", "latency", "reset", "truncated", "garbage", "huge", "silent")
 
 
+# What the component asks STS only to learn AWS's time, before any lease.
+THE_TIME = "sts.GetCallerIdentity"
+
+
+def operation_of(handler, body):
+    """A request's operation: its JSON target, or `sts.<Action>` of the query protocol."""
+    target = handler.headers.get("X-Amz-Target")
+    return target or "sts." + (parse_qs(body.decode(errors="replace")).get("Action") or ["?"])[0]
+
+
 class FaultProxy(LocalServer):
-    def __init__(self, upstream, kinds=KINDS, rate=0.0, seed=7, latency=0.2):
+    """`spare`: operations (see operation_of) always forwarded unharmed, e.g. THE_TIME for
+    a test about what happens to the accounts."""
+
+    def __init__(self, upstream, kinds=KINDS, rate=0.0, seed=7, latency=0.2, spare=()):
         self.upstream = urlparse(upstream)
+        self.spare = set(spare)
         self.kinds = list(kinds)
         self.rate = rate
         self.latency = latency
@@ -54,8 +69,12 @@ class FaultProxy(LocalServer):
             return None
 
     def choose(self, handler, body):
-        """The fault for one request, or None to forward it: the seeded draw. A subclass may
-        choose by the request instead."""
+        """The fault for one request, or None to forward it: the seeded draw, unless the
+        operation is spared. A subclass may choose by the request instead."""
+        if operation_of(handler, body) in self.spare:
+            with self.lock:
+                self.forwarded += 1
+            return None
         return self.draw()
 
     def handle(self, handler, body):
@@ -168,9 +187,9 @@ class ClockCheckingProxy(LocalServer):
 
     def handle(self, handler, body):
         target = handler.headers.get("X-Amz-Target")
-        operation = target or "sts." + (parse_qs(body.decode(errors="replace")).get("Action") or ["?"])[0]
+        operation = operation_of(handler, body)
         signed = datetime.strptime(handler.headers.get("X-Amz-Date", "19700101T000000Z"), "%Y%m%dT%H%M%SZ")
-        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        now = WORLD.now().replace(tzinfo=None)
         skew = (signed - now).total_seconds()
         refuse = abs(skew) > MAX_SKEW_S
         with self.lock:
@@ -210,17 +229,19 @@ def drop_answer(handler):
 
 
 class DropWriteAnswers(FaultProxy):
-    """Forwards every request to moto; drops ("drop_answer") the answer of the first
-    Secrets Manager write (`X-Amz-Target: secretsmanager.*`) that moto accepted (2xx) for
-    each of the first `count` secrets so written: that write has landed, and the client
-    only sees a closed connection (its retry is answered). Every forwarded write is
-    recorded in `writes`, in the order moto answered, as a dict with its `operation`,
-    `secret` (SecretId or Name), `token` (ClientRequestToken), `status` and whether its
-    answer was `dropped`; never its value."""
+    """Forwards every request to moto; loses the answer of the first Secrets Manager
+    write (`X-Amz-Target: secretsmanager.*`) that moto accepted (2xx) for each of the
+    first `count` secrets so written: that write has landed, and the client only sees a
+    closed connection ("drop_answer"), or with `garble` a complete 200 whose body cannot
+    be read ("garble_answer"); its retry is answered. Every forwarded write is recorded
+    in `writes`, in the order moto answered, as a dict with its `operation`, `secret`
+    (SecretId or Name), `token` (ClientRequestToken), `status` and whether its answer
+    was `dropped`; never its value."""
 
-    def __init__(self, upstream, count):
+    def __init__(self, upstream, count, garble=False):
         super().__init__(upstream)
         self.count = count
+        self.garble = garble
         self.writes = []
 
     def handle(self, handler, body):
@@ -235,7 +256,7 @@ class DropWriteAnswers(FaultProxy):
             secret = request.get("SecretId") or request.get("Name")
             drop = 200 <= status < 300 and secret not in seen and len(seen) < self.count
             if drop:
-                self.injected.append("drop_answer")
+                self.injected.append("garble_answer" if self.garble else "drop_answer")
             self.writes.append({
                 "operation": target.split(".", 1)[1],
                 "secret": secret,
@@ -243,7 +264,38 @@ class DropWriteAnswers(FaultProxy):
                 "status": status,
                 "dropped": drop,
             })
-        if drop:
+        if drop and self.garble:
+            reply(handler, 200, b"\x00\x01 not JSON", headers.get("Content-Type"))
+        elif drop:
             drop_answer(handler)
         else:
             reply(handler, status, payload, headers.get("Content-Type"))
+
+
+class Watcher(FaultProxy):
+    """Forwards every request, each after `latency` seconds, and calls `callback()` (in
+    the proxy's thread, before forwarding) at the first request whose operation (see
+    operation_of) starts with `prefix`: a fault triggered by an event. `seen` holds
+    (time.monotonic(), operation) for every request."""
+
+    def __init__(self, upstream, prefix, callback, latency=0.0):
+        super().__init__(upstream, kinds=["latency"], rate=1.0 if latency else 0.0, latency=latency)
+        self.prefix = prefix
+        self.callback = callback
+        self.fired = False
+        self.seen = []
+
+    def handle(self, handler, body):
+        operation = operation_of(handler, body)
+        with self.lock:
+            self.seen.append((time.monotonic(), operation))
+            fire = not self.fired and operation.startswith(self.prefix)
+            self.fired = self.fired or fire
+        if fire:
+            self.callback()
+        super().handle(handler, body)
+
+    def since(self, instant, prefix):
+        """The operations starting with `prefix` that arrived after `instant`."""
+        with self.lock:
+            return [operation for at, operation in self.seen if at > instant and operation.startswith(prefix)]

@@ -1,19 +1,45 @@
 """The threaded HTTP server on 127.0.0.1 behind the tests' stand-ins for AWS and its
-metadata services (faults.py, metadata.py): an ephemeral port, served by a daemon thread
-for the length of a `with` block."""
+metadata services (faults.py, metadata.py, world.py): an ephemeral port, served by a
+daemon thread for the length of a `with` block; and the clock of the tests' AWS world.
+
+The component reads AWS's time from the `Date` of every answer (and plans, judges leases
+and records in that time), so every answer from the tests' AWS world carries the world's
+time: real time moved `WORLD.shift_s` ahead, which is how a test runs a tick "later"
+(world.py shifts moto's own answers the same way)."""
 
 import threading
+import time
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+class WorldClock:
+    """The time of the tests' AWS world: real time, `shift_s` seconds ahead."""
+
+    def __init__(self):
+        self.shift_s = 0
+
+    def time(self):
+        return time.time() + self.shift_s
+
+    def now(self):
+        return datetime.now(timezone.utc) + timedelta(seconds=self.shift_s)
+
+
+WORLD = WorldClock()
+
+
 class QuietHandler(BaseHTTPRequestHandler):
-    """HTTP/1.1, so the component's connections are kept alive as AWS keeps them, and no
-    access log on the test's output."""
+    """HTTP/1.1, so the component's connections are kept alive as AWS keeps them, no
+    access log on the test's output, and the world's time in every answer's `Date`."""
 
     protocol_version = "HTTP/1.1"
 
     def log_message(self, *args):
         pass
+
+    def date_time_string(self, timestamp=None):
+        return super().date_time_string(WORLD.time() if timestamp is None else timestamp)
 
 
 class LocalServer:

@@ -27,10 +27,10 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from emulator import HOME_ACCOUNT, rotator_policy
-from local_http import LocalServer, QuietHandler
+from local_http import WORLD, LocalServer, QuietHandler
 
 IMDS_TOKEN_PATH = "/latest/api/token"
 IMDS_CREDENTIALS_PATH = "/latest/meta-data/iam/security-credentials/"
@@ -194,7 +194,7 @@ class MetadataService(LocalServer):
         return True, 200, self.document(container=True)
 
     def document(self, container=False):
-        now = datetime.now(timezone.utc).replace(microsecond=0)
+        now = WORLD.now().replace(microsecond=0)
         with self.lock:
             index = len(self.fetches)
             expiration = now + timedelta(seconds=self.expires_in[min(index, len(self.expires_in) - 1)])

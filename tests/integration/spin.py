@@ -30,9 +30,12 @@ Then `spin up` is stopped (SIGINT to its process group, so that the trigger proc
 too; SIGKILL if it lingers).
 
 Runs that want overlapping ticks use the every-second schedule and wait for the event they
-need. "Later" is Debian's libfaketime preloaded into `spin up` (LD_PRELOAD, FAKETIME): the
-wall clock of spin and its trigger processes (and so the component's) moves ahead, timers
-do not (FAKETIME_DONT_FAKE_MONOTONIC=1); moto does not check the signing time. Not the
+need. "Later" moves the whole world: AWS's answers (their `Date`, and the `Expiration` of
+the credentials moto issues; see world.py), and the host's wall clock with Debian's
+libfaketime preloaded into `spin up` (LD_PRELOAD, FAKETIME): the wall clock of spin and
+its trigger processes (and so the component's) moves ahead, timers do not
+(FAKETIME_DONT_FAKE_MONOTONIC=1). A host whose clock is wrong (`skew_s`) moves only its
+own wall clock: the component then learns the world's time from AWS's answers. Not the
 `faketime` wrapper: it names a semaphore after its pid and leaves it behind when it is
 killed, and a later wrapper that gets the same pid refuses to start.
 
@@ -61,6 +64,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from local_http import WORLD
 
 ROOT = Path(__file__).resolve().parents[2]
 # What `spin build` produces and spin.toml loads.
@@ -267,11 +272,23 @@ def tick_returned_error(events):
     last = events[-1]
     if last["event"] == "tick_failed":
         return True
-    return last["event"] == "tick_finished" and (last["failed"] > 0 or last["invalid_teams"] > 0)
+    return last["event"] == "tick_finished" and (
+        last["failed"] > 0 or last["invalid_teams"] > 0 or last.get("lease_lost", False)
+    )
+
+
+class Outcomes:
+    """What a run's `events` say, whatever ran the component."""
+
+    def of(self, kind):
+        return [e for e in self.events if e.get("event") == kind]
+
+    def rotated(self):
+        return {(e["team"], e["account"]) for e in self.of("account_rotated")}
 
 
 @dataclass
-class Run:
+class Run(Outcomes):
     """One `spin up` on a node, from start to stop."""
 
     events: list
@@ -295,12 +312,6 @@ class Run:
     @property
     def error(self):
         return self.errors[-1] if self.errors else None
-
-    def of(self, kind):
-        return [e for e in self.events if e.get("event") == kind]
-
-    def rotated(self):
-        return {(e["team"], e["account"]) for e in self.of("account_rotated")}
 
 
 class SpinUp:
@@ -408,6 +419,14 @@ class SpinUp:
 
         self.wait_for(answers, "answer on /healthz", START_TIMEOUT_S)
 
+    def freeze(self):
+        """Stops spin and its trigger processes where they are (SIGSTOP to the process
+        group), as a paused VM or a stopped container would be."""
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self):
+        os.killpg(self.process.pid, signal.SIGCONT)
+
     def stop(self):
         """Stops spin and its trigger processes; returns the run."""
         if not self.stopped:
@@ -469,18 +488,20 @@ class SpinNode:
         self.outputs = outputs
         self.processes = []
 
-    def start(self, variables, teams=(), raw=(), schedule=NEW_YEAR, later_s=0):
+    def start(self, variables, teams=(), raw=(), schedule=NEW_YEAR, later_s=0, skew_s=0):
         """Starts `spin up`; `teams` are documents registered under team/<name>, `raw`
-        (key, text) pairs stored as they are; `later_s` moves the host's clock ahead
-        (back, when negative)."""
+        (key, text) pairs stored as they are; `later_s` moves the world (AWS's answers
+        and the host's clock) ahead, `skew_s` the host's clock alone (back, when
+        negative)."""
+        WORLD.shift_s = later_s
         port = free_port()
         manifest = manifest_copy(self.directory, schedule)
         args = self.up_args(manifest, teams, raw) + ["--listen", f"127.0.0.1:{port}"]
         env = self.up_env(variables)
-        if later_s:
+        if later_s + skew_s:
             env["LD_PRELOAD"] = libfaketime()
             # A signed offset in seconds: "+6000" is later, "-1200" earlier.
-            env["FAKETIME"] = f"{int(later_s):+d}"
+            env["FAKETIME"] = f"{int(later_s + skew_s):+d}"
             env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1"
         process = SpinUp(self, args, env, f"http://127.0.0.1:{port}")
         self.processes.append(process)
@@ -516,9 +537,9 @@ class SpinNode:
         env["RUST_LOG"] = "trigger_cron=info"
         return env
 
-    def run(self, variables, teams=(), raw=(), later_s=0):
+    def run(self, variables, teams=(), raw=(), later_s=0, skew_s=0):
         """One tick: `spin up` until its first tick has ended, then stopped."""
-        [process] = start_in_time([self], variables, teams, raw, later_s)
+        [process] = start_in_time([self], variables, teams, raw, later_s, skew_s)
         events = process.first_tick()
         return process.finish(events)
 
@@ -536,6 +557,15 @@ class SpinNode:
         """The default key-value store, when it is Spin's SQLite under --state-dir."""
         return sqlite_store(self.state / "sqlite_key_value.db")
 
+    def replace(self, key, text):
+        """Overwrites a key of the node's SQLite store while `spin up` runs, as another node
+        sharing the store would."""
+        with sqlite3.connect(self.state / "sqlite_key_value.db", timeout=30) as db:
+            changed = db.execute(
+                "UPDATE spin_key_value SET value = ? WHERE store = 'default' AND key = ?", (text.encode(), key)
+            ).rowcount
+        assert changed == 1, f"no {key} to replace"
+
     def delete(self, key):
         """Removes a key from the store, with spin stopped."""
         with sqlite3.connect(self.state / "sqlite_key_value.db") as db:
@@ -552,15 +582,16 @@ def sqlite_store(path):
     return {key: bytes(value).decode() for key, value in rows}
 
 
-def start_in_time(nodes, variables, teams=(), raw=(), later_s=0):
+def start_in_time(nodes, variables, teams=(), raw=(), later_s=0, skew_s=0):
     """Starts `spin up` on every node with one schedule firing a little ahead, so that
     all of them tick at the same second; starts again with more lead if any node had its
-    schedule too late for it."""
+    schedule too late for it. `variables` is one dict for all, or a list of one per node."""
+    each = variables if isinstance(variables, list) else [variables] * len(nodes)
     lead = FIRST_LEAD_S
     while True:
         instant = math.ceil(time.time() + lead)
-        schedule = once_a_minute_at(instant + later_s)
-        processes = [node.start(variables, teams, raw, schedule, later_s) for node in nodes]
+        schedule = once_a_minute_at(instant + later_s + skew_s)
+        processes = [node.start(v, teams, raw, schedule, later_s, skew_s) for node, v in zip(nodes, each)]
         if all([process.scheduled_in_time(instant) for process in processes]):
             return processes
         for process in processes:

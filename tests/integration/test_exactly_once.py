@@ -9,15 +9,14 @@ test_nodes.py; this file does not repeat them."""
 
 import json
 import re
-import sqlite3
 import subprocess
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from emulator import HOME_ACCOUNT, OTHER_ACCOUNT, account, team
-from faults import DropWriteAnswers, FaultProxy
-from spin import ROOT, TICK_TIMEOUT_S, redis_runtime_config, start_in_time
+from faults import THE_TIME, DropWriteAnswers, FaultProxy, Watcher
+from spin import ROOT, redis_runtime_config, start_in_time
 
 MINUTE = 60
 HOUR = 60 * MINUTE
@@ -74,7 +73,7 @@ def tick(node, variables, teams=(), raw=(), later_s=0, lease=None):
         if not finished or not isinstance(record, dict) or record.get("holder") != finished[0]["tick"]:
             return True
         # A released record expires when the tick ended; a held one a lifetime later.
-        return at(record["expires_at"]) < at(finished[0]["time"]) + timedelta(seconds=60)
+        return at(record["expires_at"]) < at(finished[0]["time"]) + timedelta(seconds=10)
 
     process.wait_for(released, "the lease's release", 60)
     return process.finish(events)
@@ -97,7 +96,7 @@ def test_a_lease_left_by_a_dead_tick_blocks_until_it_expires_then_is_taken_over(
         assert (busy["holder"], at(busy["until"])) == ("tick-dead", expires)
         assert [e["event"] for e in blocked.events] == ["lease_busy"], "nothing started, nothing rotated"
         assert blocked.errors == [], blocked.output
-        assert proxy.forwarded == 0, "a tick without the lease calls AWS"
+        assert proxy.forwarded == 1, "a tick without the lease asked AWS only the time (to judge the lease)"
         assert aws.store()[LEASE] == dead
         assert not [key for key in aws.store() if key.startswith("state/")]
 
@@ -110,10 +109,12 @@ def test_a_lease_left_by_a_dead_tick_blocks_until_it_expires_then_is_taken_over(
     record = json.loads(aws.store()[LEASE])
     assert set(record) == {"holder", "expires_at"} and record["holder"] == holder
     # Released: the record stays, expired when it was given back, just before the tick's
-    # last line (not a lease lifetime ahead).
+    # last line (not a lease lifetime ahead). The record is in AWS's time, which the node
+    # knows to the second from the answers' Date; its log lines are in its own.
     [started] = taken.of("tick_started")
     [finished] = taken.of("tick_finished")
-    assert at(started["time"]) <= at(record["expires_at"]) <= at(finished["time"])
+    second = timedelta(seconds=1)
+    assert at(started["time"]) - second <= at(record["expires_at"]) <= at(finished["time"]) + second
     aws.assert_working(PATHS)
 
 
@@ -124,7 +125,7 @@ def test_a_lease_key_holding_something_else_is_left_alone_and_the_tick_fails(aws
     aws.enforce()
     with FaultProxy(aws.url) as proxy:
         run = tick(aws.main, aws.variables(keys, aws_endpoint_url=proxy.url), teams, raw=[(LEASE, "someone else's")])
-        assert proxy.forwarded == 0
+        assert proxy.forwarded == 1, "only AWS's time was asked"
     [failed] = run.of("tick_failed")
     assert LEASE in failed["error"]
     assert run.rotated() == set()
@@ -157,34 +158,25 @@ def test_two_nodes_on_one_redis_take_over_an_expired_lease_once(aws, redis):
     aws.assert_working(PATHS)
 
 
-def replace_value(node, key, text):
-    """Overwrites a key of the node's SQLite store while `spin up` runs, as another node
-    sharing the store would."""
-    with sqlite3.connect(node.state / "sqlite_key_value.db", timeout=30) as db:
-        changed = db.execute(
-            "UPDATE spin_key_value SET value = ? WHERE store = 'default' AND key = ?", (text.encode(), key)
-        ).rowcount
-    assert changed == 1, f"no {key} to replace"
-
-
 def test_a_tick_whose_lease_is_taken_over_writes_nothing_more_and_the_next_tick_repairs(aws):
     teams = three_accounts(aws)
     keys = aws.rotator()
     aws.enforce()
     usurper = json.dumps({"holder": "tick-usurper", "expires_at": rfc3339(host_now().replace(microsecond=0) + timedelta(hours=1))})
-    # Every request takes three seconds: the tick is still waiting for its AssumeRole
-    # answers when the lease is taken over (as another node would once it presumed this
-    # tick dead). The fence before each account's writes must see it.
-    with FaultProxy(aws.url, kinds=["latency"], rate=1.0, latency=3.0) as proxy:
+    # Every request takes three seconds, and the lease is taken over (as another node
+    # would once it presumed this tick dead) as the first AssumeRole arrives: the tick is
+    # still waiting for the answers. The fence before each write must see it.
+    usurp = lambda: aws.main.replace(LEASE, usurper)
+    with Watcher(aws.url, "sts.AssumeRole", usurp, latency=3.0) as proxy:
         [process] = start_in_time([aws.main], aws.variables(keys, aws_endpoint_url=proxy.url), teams)
-        started = lambda: any(e["event"] == "tick_started" for e in process.events())
-        process.wait_for(started, "the tick's start", TICK_TIMEOUT_S)
-        replace_value(aws.main, LEASE, usurper)
         fenced = process.finish(process.first_tick())
-        assert len(proxy.injected) == 3, "only the three AssumeRole calls were made"
+    assert [operation for _, operation in proxy.seen] == ["sts.GetCallerIdentity"] + ["sts.AssumeRole"] * 3, (
+        "only the time and the three AssumeRole calls were asked"
+    )
     assert fenced.rotated() == set()
     [lost] = fenced.of("lease_lost")
     assert "tick-usurper" in lost["reason"]
+    assert fenced.errors, "a tick that lost its lease returns an error"
     assert {(e["team"], e["account"]) for e in fenced.of("account_deferred")} == set(WORKING)
     assert aws.secret_names() == [], "no secret is written past the fence"
     assert aws.store()[LEASE] == usurper, "the new holder's lease is left alone"
@@ -303,7 +295,7 @@ def test_a_failing_account_backs_off_shows_it_and_a_changed_document_tries_it_at
         [skipped] = early.of("account_skipped")
         assert (skipped["account"], skipped["reason"], at(skipped["until"])) == ("denied", "backing_off", next_attempt)
         assert early.of("account_failed") == [] and early.errors == []
-        assert proxy.forwarded == calls, "an account backing off is not called"
+        assert proxy.forwarded == calls + 1, "an account backing off is not called (only the time is asked)"
 
         server, url = aws.serve(variables)
         try:
@@ -340,7 +332,7 @@ def test_throttling_that_outlasts_the_retries_is_not_permanent(aws):
     role = aws.ci_role(HOME_ACCOUNT)
     keys = aws.rotator()
     aws.enforce()
-    with FaultProxy(aws.url, kinds=["throttle"], rate=1.0) as proxy:
+    with FaultProxy(aws.url, kinds=["throttle"], rate=1.0, spare=[THE_TIME]) as proxy:
         run = tick(aws.main, aws.variables(keys, aws_endpoint_url=proxy.url), [team("delta", account("dev", role))])
     assert proxy.injected == ["throttle"] * 3, "three attempts, as the SDKs' standard mode"
     assert [e["attempt"] for e in run.of("attempt_failed")] == [1, 2, 3]

@@ -5,7 +5,7 @@ fixture checks the last part after every test, against all values moto issued.""
 import pytest
 
 from emulator import HOME_ACCOUNT, account, team
-from faults import KINDS, FaultProxy
+from faults import KINDS, THE_TIME, FaultProxy
 
 EXPECTED_CODES = {
     "http500": None,
@@ -24,7 +24,7 @@ def test_every_fault_class_is_reported_without_a_trap_or_a_leak(aws, kind):
     role = aws.ci_role(HOME_ACCOUNT)
     keys = aws.rotator()
     aws.enforce()
-    with FaultProxy(aws.url, kinds=[kind], rate=1.0) as proxy:
+    with FaultProxy(aws.url, kinds=[kind], rate=1.0, spare=[THE_TIME]) as proxy:
         variables = aws.variables(keys, aws_endpoint_url=proxy.url, request_timeout="2s")
         run = aws.run(variables, [team("alpha", account("dev", role))])
     assert run.returncode == 1, run.output
@@ -40,7 +40,7 @@ def test_a_silent_endpoint_cannot_hold_a_tick(aws):
     role = aws.ci_role(HOME_ACCOUNT)
     keys = aws.rotator()
     aws.enforce()
-    with FaultProxy(aws.url, kinds=["silent"], rate=1.0) as proxy:
+    with FaultProxy(aws.url, kinds=["silent"], rate=1.0, spare=[THE_TIME]) as proxy:
         variables = aws.variables(keys, aws_endpoint_url=proxy.url, request_timeout="2s")
         # The proxy would stay silent for a minute; each request gives up after two
         # seconds, so the tick ends (the host's own run is not what stops it).

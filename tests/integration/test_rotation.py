@@ -110,16 +110,20 @@ def test_a_rotator_identity_with_a_session_token_works(aws):
 
 
 @pytest.mark.component_logic
-def test_a_wrong_secret_key_is_a_signature_failure_not_a_trap(aws):
+def test_a_wrong_secret_key_fails_the_tick_and_charges_no_account(aws):
+    """AWS refuses the rotator's own keys (SignatureDoesNotMatch): nothing signed with
+    them can work, so the tick fails once, naming where the keys come from, and no
+    account is charged a failure or a backoff."""
     teams = two_teams(aws)
     access_key, _, _ = aws.rotator()
     aws.enforce()
     run = aws.run(aws.variables((access_key, "not-the-secret-key", None)), teams)
     assert run.returncode == 1, run.output
     assert not run.trapped, run.output
-    codes = {e["code"] for e in run.of("account_failed")}
-    assert codes == {"SignatureDoesNotMatch"}
-    assert len(run.of("account_failed")) == 3
+    [failed] = run.of("tick_failed")
+    assert "static keys" in failed["error"] and "SignatureDoesNotMatch" in failed["error"], failed
+    assert run.of("account_failed") == []
+    assert not [key for key in aws.store() if key.startswith("state/")], "nothing charged"
     assert aws.written("/concourse/alpha/dev") == []
 
 

@@ -165,7 +165,7 @@ def test_first_rotation_creates_tagged_secure_strings_and_a_later_one_overwrites
         # no Secrets Manager call.
         assert sorted(r["name"] for r in created) == SPLIT_NAMES
         assert all(r["tagged"] and r["overwrite"] is False for r in created), created
-        assert proxy.targets() == {"AssumeRole": 3, "AmazonSSM.PutParameter": 9}
+        assert proxy.targets() == {"GetCallerIdentity": 1, "AssumeRole": 3, "AmazonSSM.PutParameter": 9}
         # Nine writes at two a second: the ninth starts four seconds after the first.
         span = created[-1]["at"] - created[0]["at"]
         assert span > 3.5, f"nine writes within {span:.2f} s: not paced at 2/s"
@@ -194,7 +194,7 @@ def test_first_rotation_creates_tagged_secure_strings_and_a_later_one_overwrites
         assert second.of("attempt_failed") == []
         overwritten = proxy.of("AmazonSSM.PutParameter")
         assert all(r["overwrite"] is True and not r["tagged"] for r in overwritten), overwritten
-        assert proxy.targets() == {"AssumeRole": 2, "AmazonSSM.PutParameter": 6, "AmazonSSM.AddTagsToResource": 1}
+        assert proxy.targets() == {"GetCallerIdentity": 1, "AssumeRole": 2, "AmazonSSM.PutParameter": 6, "AmazonSSM.AddTagsToResource": 1}
 
     due = ["/concourse/alpha/dev", "/concourse/beta/lab"]
     for path in PATHS:
