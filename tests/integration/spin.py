@@ -493,26 +493,19 @@ class SpinNode:
         (key, text) pairs stored as they are; `later_s` moves the world (AWS's answers
         and the host's clock) ahead, `skew_s` the host's clock alone (back, when
         negative)."""
-        WORLD.shift_s = later_s
         port = free_port()
         manifest = manifest_copy(self.directory, schedule)
         args = self.up_args(manifest, teams, raw) + ["--listen", f"127.0.0.1:{port}"]
-        env = self.up_env(variables)
-        if later_s + skew_s:
-            env["LD_PRELOAD"] = libfaketime()
-            # A signed offset in seconds: "+6000" is later, "-1200" earlier.
-            env["FAKETIME"] = f"{int(later_s + skew_s):+d}"
-            env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1"
-        process = SpinUp(self, args, env, f"http://127.0.0.1:{port}")
+        process = SpinUp(self, args, self.up_env(variables, later_s, skew_s), f"http://127.0.0.1:{port}")
         self.processes.append(process)
         return process
 
-    def command(self, variables, teams=(), raw=()):
+    def command(self, variables, teams=(), raw=(), later_s=0):
         """`spin up` of the shipped command manifest (deploy/spinkube/spin-command.toml),
-        which the command trigger runs once, as a SpinKube CronJob's pod does; returns the
-        run when spin has exited by itself."""
+        which the command trigger runs once, as a SpinKube CronJob's pod does, `later_s`
+        in the world's future; returns the run when spin has exited by itself."""
         manifest = command_manifest_copy(self.directory)
-        process = SpinUp(self, self.up_args(manifest, teams, raw), self.up_env(variables), url=None)
+        process = SpinUp(self, self.up_args(manifest, teams, raw), self.up_env(variables, later_s), url=None)
         self.processes.append(process)
         return process.exited()
 
@@ -526,15 +519,22 @@ class SpinNode:
             args += ["--key-value", f"{key}={text}"]
         return args
 
-    def up_env(self, variables):
+    def up_env(self, variables, later_s=0, skew_s=0):
         """The environment of `spin up`: what Spin itself needs, the generation's plugin
-        data dir, and the application variables."""
+        data dir, the application variables, and its clock (`later_s` also moves the
+        world's)."""
+        WORLD.shift_s = later_s
         env = self.generation.env({name: os.environ[name] for name in PASSED_THROUGH if name in os.environ})
         env.update(variables)
         # For the plugin's "Job scheduler started". Only its target: with RUST_LOG=spin=info
         # the triggers' launch metadata (which spin up reads from their stderr as JSON) no
         # longer parses, spin up then hands --listen to the cron trigger, and it refuses.
         env["RUST_LOG"] = "trigger_cron=info"
+        if later_s + skew_s:
+            env["LD_PRELOAD"] = libfaketime()
+            # A signed offset in seconds: "+6000" is later, "-1200" earlier.
+            env["FAKETIME"] = f"{int(later_s + skew_s):+d}"
+            env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1"
         return env
 
     def run(self, variables, teams=(), raw=(), later_s=0, skew_s=0):

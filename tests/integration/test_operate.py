@@ -127,10 +127,13 @@ def test_the_command_trigger_runs_one_tick_and_exits_with_its_outcome(aws):
     assert first.rotated() == {("alpha", "dev")}
     aws.assert_working({"/concourse/alpha/dev": f"arn:aws:sts::{HOME_ACCOUNT}:assumed-role/concourse-ci/alpha"})
 
-    # The same store a run later: alpha is fresh, and a team whose role the rotator may
-    # not assume fails, so the run exits 1.
+    # The same store at the CronJob's next run, five minutes on (not at once: AWS's Date
+    # has whole seconds, so a process that learned AWS time from it can be a second behind
+    # the last one, to which a lease released a moment ago still looks live: lease_busy).
+    # alpha was written within ten minutes, and a team whose role the rotator may not
+    # assume fails, so the run exits 1.
     denied = team("beta", account("denied", f"arn:aws:iam::{HOME_ACCOUNT}:role/unrelated-admin"))
-    second = aws.main.command(variables, [denied])
+    second = aws.main.command(variables, [denied], later_s=5 * 60)
     assert second.returncode == 1, second.output
     assert len({e["tick"] for e in second.events}) == 1
     [failed] = second.of("account_failed")
