@@ -1,0 +1,232 @@
+"""The seeded chaos driver: what happens to the nodes, the store and the lease, and when.
+
+Each cycle runs every disturbance once, in an order and with pauses drawn from the seed,
+and ends with a rolling upgrade (a newer node's lease and state document in the store):
+
+- kill: SIGKILL to a node's process group (spin up and its trigger processes), then a
+  restart a moment later;
+- freeze: SIGSTOP to a node's process group for longer than the lease lives, then SIGCONT;
+- redis_restart: redis-server shut down and started again (its data kept in its
+  append-only file), down for a second or more;
+- skew_ahead, skew_behind: a node restarted with its wall clock minutes ahead (behind) for
+  a while, then restarted with the true time;
+- upgrade: a newer version's lease, the known fields plus one this version does not know,
+  taken when the lease is free, held for a few seconds and released, and one team's state
+  document rewritten with that field added.
+
+A kill or a freeze aims at the node whose tick holds the lease (work in flight), waiting
+for one for a while; without one it takes a node drawn from the seed. Nothing new starts
+in the run's last QUIET_TAIL_S seconds, and every node runs unfrozen with the true time
+when the driver ends.
+"""
+
+import json
+import time
+from collections import Counter
+
+from store import LEASE_KEY
+from world import parse_time
+
+DISTURBANCES = ("kill", "freeze", "redis_restart", "skew_ahead", "skew_behind")
+# Minutes off, within AWS's five-minute window for a request's signing time.
+SKEW_S = 240
+SKEW_HOLD_S = 30
+UPGRADE_HOLD_S = 10
+# A freeze outlasts the lease by this much, so another node can take over.
+FREEZE_MARGIN_S = 10
+QUIET_TAIL_S = 20
+# The field a newer version added to its documents.
+NEWER_FIELD = {"epoch": 7}
+NEWER_HOLDER = "v2-node"
+
+
+def rfc3339(instant):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(instant))
+
+
+class Chaos:
+    def __init__(self, nodes, store, redis, rng, lease_ttl_s, deadline, wait_for_work_s, log):
+        self.nodes = nodes
+        self.store = store
+        self.redis = redis
+        self.rng = rng
+        self.lease_ttl_s = lease_ttl_s
+        # The longest lifetime seen in a lease record (its expiry less its tick's start).
+        self.observed_ttl_s = 0.0
+        self.deadline = deadline
+        self.wait_for_work_s = wait_for_work_s
+        self.log = log
+        self.counts = Counter()
+        # (due, node, skew): restarts that end a skewed run.
+        self.pending = []
+        # For each upgrade: when, and the state document written.
+        self.upgrades = []
+
+    def run(self):
+        """Disturbs until the quiet tail; then undoes what is still in effect."""
+        done = True
+        while done:
+            kinds = list(DISTURBANCES)
+            self.rng.shuffle(kinds)
+            done = False
+            for kind in kinds + ["upgrade"]:
+                pause = self.rng.uniform(3, 8)
+                if time.time() + pause + self.needs(kind) > self.deadline - QUIET_TAIL_S:
+                    continue
+                self.idle(pause)
+                getattr(self, kind)()
+                done = True
+        self.run_pending(everything=True)
+
+    def needs(self, kind):
+        """About how long a disturbance takes, waits included."""
+        return {
+            "kill": 15,
+            "freeze": self.freeze_s() + 10,
+            "redis_restart": 10,
+            "skew_ahead": SKEW_HOLD_S + 15,
+            "skew_behind": SKEW_HOLD_S + 15,
+            "upgrade": UPGRADE_HOLD_S + 10,
+        }[kind]
+
+    def idle(self, seconds, pending=True):
+        """Waits, ending skewed runs that are due and restarting a node that died on its own."""
+        until = time.time() + seconds
+        while time.time() < until:
+            if pending:
+                self.run_pending()
+            for node in self.nodes:
+                if node.died():
+                    self.log(f"{node.name}: spin up exited by itself; starting it again")
+                    self.counts["unexpected_exits"] += 1
+                    node.stopped()
+                    node.start()
+            time.sleep(0.1)
+
+    def run_pending(self, everything=False):
+        for entry in list(self.pending):
+            due, node, skew = entry
+            if everything or time.time() >= due:
+                self.pending.remove(entry)
+                node.restart(skew)
+                self.log(f"{node.name}: restarted with the true time")
+
+    def freeze_s(self):
+        """Longer than the lease lives: by the settings, or as seen, whichever is longer."""
+        return max(self.lease_ttl_s, self.observed_ttl_s) + FREEZE_MARGIN_S
+
+    def holder_in_flight(self):
+        """(node, tick) whose tick holds the lease and runs, else (None, None)."""
+        lease = self.store.get_json(LEASE_KEY)
+        holder = lease.get("holder") if isinstance(lease, dict) else None
+        for node in self.nodes:
+            if holder and not node.frozen and node.in_flight(holder):
+                self.observe_ttl(lease, node.started_at.get(holder))
+                return node, holder
+        return None, None
+
+    def observe_ttl(self, lease, started):
+        try:
+            lifetime = parse_time(lease["expires_at"]) - parse_time(started)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return
+        self.observed_ttl_s = max(self.observed_ttl_s, lifetime)
+
+    def target(self):
+        """The node with work in flight, waited for; else one drawn from the seed. Returns
+        (node, tick in flight or None)."""
+        until = time.time() + self.wait_for_work_s
+        while time.time() < until:
+            node, tick = self.holder_in_flight()
+            if node:
+                # Somewhere inside the tick, not always at its first write.
+                time.sleep(self.rng.uniform(0, 1.5))
+                return node, tick
+            self.idle(0.1)
+        return self.rng.choice(self.nodes), None
+
+    def kill(self):
+        node, tick = self.target()
+        mid_tick = tick is not None and node.in_flight(tick)
+        node.kill()
+        self.counts["kills"] += 1
+        self.counts["kills_mid_tick"] += mid_tick
+        self.log(f"{node.name}: killed (SIGKILL){' mid-tick' if mid_tick else ''}")
+        self.idle(self.rng.uniform(1, 3))
+        node.start()
+        self.log(f"{node.name}: started again")
+
+    def freeze(self):
+        node, tick = self.target()
+        mid_tick = tick is not None and node.in_flight(tick)
+        frozen_for = self.freeze_s()
+        node.freeze()
+        self.counts["freezes"] += 1
+        self.counts["freezes_mid_tick"] += mid_tick
+        self.log(f"{node.name}: frozen (SIGSTOP) for {frozen_for:.0f} s{' mid-tick' if mid_tick else ''}")
+        self.idle(frozen_for, pending=False)
+        node.thaw()
+        self.log(f"{node.name}: thawed (SIGCONT)")
+
+    def redis_restart(self):
+        down_s = self.rng.uniform(1, 3)
+        self.redis.restart(down_s)
+        self.counts["redis_restarts"] += 1
+        self.log(f"redis-server restarted (down {down_s:.1f} s)")
+
+    def skew_ahead(self):
+        self.skew(+SKEW_S)
+
+    def skew_behind(self):
+        self.skew(-SKEW_S)
+
+    def skew(self, seconds):
+        """One node runs `seconds` off for SKEW_HOLD_S, a node not already off if any."""
+        true_time = [n for n in self.nodes if n.skew == 0] or self.nodes
+        node = self.rng.choice(true_time)
+        node.restart(seconds)
+        self.counts["skew_ahead" if seconds > 0 else "skew_behind"] += 1
+        self.pending.append((time.time() + SKEW_HOLD_S, node, 0))
+        self.log(f"{node.name}: restarted with its clock {seconds:+d} s off")
+
+    def upgrade(self):
+        """A newer node takes the free lease, rewrites a state document and releases,
+        each document carrying a field this version does not know."""
+        lease = self.free_lease()
+        held = {"holder": NEWER_HOLDER, "expires_at": rfc3339(time.time() + UPGRADE_HOLD_S), **NEWER_FIELD}
+        if lease is False or not self.store.replace(LEASE_KEY, lease, held):
+            self.log("upgrade: the lease stayed busy; skipped")
+            return
+        team = self.state_to_upgrade()
+        written = None
+        if team:
+            document = {**self.store.get_json(f"state/{team}"), **NEWER_FIELD}
+            self.store.put(f"state/{team}", document)
+            written = document
+        self.upgrades.append({"at": time.time(), "team": team, "document": written})
+        self.counts["upgrades"] += 1
+        self.log(f"upgrade: a newer node holds the lease and rewrote state/{team}")
+        self.idle(UPGRADE_HOLD_S)
+        released = {**held, "expires_at": rfc3339(time.time())}
+        if self.store.replace(LEASE_KEY, json.dumps(held), released):
+            self.log("upgrade: the newer node released the lease")
+        else:
+            self.log("upgrade: the newer node's lease was taken over before it released it")
+
+    def free_lease(self):
+        """The lease's text once no tick in flight holds it (None: no lease yet); False
+        when it stays busy. A tick's end is read from its node's log, not from the
+        record's expiry, which a skewed node writes in its own time."""
+        until = time.time() + self.wait_for_work_s
+        while time.time() < until:
+            text = self.store.get(LEASE_KEY)
+            node, _ = self.holder_in_flight()
+            if node is None and self.store.get(LEASE_KEY) == text:
+                return text
+            self.idle(0.1)
+        return False
+
+    def state_to_upgrade(self):
+        prefix = self.store.prefix + "state/"
+        teams = sorted(key[len(prefix) :] for key in self.store.contents() if key.startswith(prefix))
+        return self.rng.choice(teams) if teams else None
