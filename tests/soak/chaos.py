@@ -1,7 +1,6 @@
 """The seeded chaos driver: what happens to the nodes, the store and the lease, and when.
 
-Each cycle runs every disturbance once, in an order and with pauses drawn from the seed,
-and ends with a rolling upgrade (a newer node's lease and state document in the store):
+Each cycle runs every disturbance once, in an order and with pauses drawn from the seed:
 
 - kill: SIGKILL to a node's process group (spin up and its trigger processes), then a
   restart a moment later;
@@ -15,7 +14,10 @@ and ends with a rolling upgrade (a newer node's lease and state document in the 
   document rewritten with that field added.
 
 A kill or a freeze aims at the node whose tick holds the lease (work in flight), waiting
-for one for a while; without one it takes a node drawn from the seed. Nothing new starts
+for one for a while; without one it takes a node drawn from the seed. A kill lands
+anywhere in the tick's first seconds; a freeze lands where the tick's first accounts are
+past their AssumeRole (one answer delay in) and writing, where a node paused after the
+lease's check does its harm. Nothing new starts
 in the run's last QUIET_TAIL_S seconds, and every node runs unfrozen with the true time
 when the driver ends.
 """
@@ -27,7 +29,7 @@ from collections import Counter
 from store import LEASE_KEY
 from world import parse_time
 
-DISTURBANCES = ("kill", "freeze", "redis_restart", "skew_ahead", "skew_behind")
+DISTURBANCES = ("kill", "freeze", "redis_restart", "skew_ahead", "skew_behind", "upgrade")
 # Minutes off, within AWS's five-minute window for a request's signing time.
 SKEW_S = 240
 SKEW_HOLD_S = 30
@@ -35,6 +37,8 @@ UPGRADE_HOLD_S = 10
 # A freeze outlasts the lease by this much, so another node can take over.
 FREEZE_MARGIN_S = 10
 QUIET_TAIL_S = 20
+# A thawed node is left alone this long, so that what its tick still does is seen.
+AFTER_THAW_S = 20
 # The field a newer version added to its documents.
 NEWER_FIELD = {"epoch": 7}
 NEWER_HOLDER = "v2-node"
@@ -45,12 +49,14 @@ def rfc3339(instant):
 
 
 class Chaos:
-    def __init__(self, nodes, store, redis, rng, lease_ttl_s, deadline, wait_for_work_s, log):
+    def __init__(self, nodes, store, redis, rng, lease_ttl_s, delay_s, deadline, wait_for_work_s, log):
         self.nodes = nodes
         self.store = store
         self.redis = redis
         self.rng = rng
         self.lease_ttl_s = lease_ttl_s
+        # How long AWS takes to answer (the proxy's delay).
+        self.delay_s = delay_s
         # The longest lifetime seen in a lease record (its expiry less its tick's start).
         self.observed_ttl_s = 0.0
         self.deadline = deadline
@@ -69,7 +75,7 @@ class Chaos:
             kinds = list(DISTURBANCES)
             self.rng.shuffle(kinds)
             done = False
-            for kind in kinds + ["upgrade"]:
+            for kind in kinds:
                 pause = self.rng.uniform(3, 8)
                 if time.time() + pause + self.needs(kind) > self.deadline - QUIET_TAIL_S:
                     continue
@@ -82,7 +88,7 @@ class Chaos:
         """About how long a disturbance takes, waits included."""
         return {
             "kill": 15,
-            "freeze": self.freeze_s() + 10,
+            "freeze": self.freeze_s() + AFTER_THAW_S,
             "redis_restart": 10,
             "skew_ahead": SKEW_HOLD_S + 15,
             "skew_behind": SKEW_HOLD_S + 15,
@@ -104,6 +110,7 @@ class Chaos:
             time.sleep(0.1)
 
     def run_pending(self, everything=False):
+        """Ends the skewed runs that are due (all of them, `everything`)."""
         for entry in list(self.pending):
             due, node, skew = entry
             if everything or time.time() >= due:
@@ -132,21 +139,20 @@ class Chaos:
             return
         self.observed_ttl_s = max(self.observed_ttl_s, lifetime)
 
-    def target(self):
-        """The node with work in flight, waited for; else one drawn from the seed. Returns
-        (node, tick in flight or None)."""
+    def target(self, into):
+        """The node with work in flight, waited for, `into` (low, high) seconds into its
+        tick; else one drawn from the seed. Returns (node, tick in flight or None)."""
         until = time.time() + self.wait_for_work_s
         while time.time() < until:
             node, tick = self.holder_in_flight()
             if node:
-                # Somewhere inside the tick, not always at its first write.
-                time.sleep(self.rng.uniform(0, 1.5))
+                time.sleep(self.rng.uniform(*into))
                 return node, tick
             self.idle(0.1)
         return self.rng.choice(self.nodes), None
 
     def kill(self):
-        node, tick = self.target()
+        node, tick = self.target(into=(0, 2.5))
         mid_tick = tick is not None and node.in_flight(tick)
         node.kill()
         self.counts["kills"] += 1
@@ -157,7 +163,7 @@ class Chaos:
         self.log(f"{node.name}: started again")
 
     def freeze(self):
-        node, tick = self.target()
+        node, tick = self.target(into=(self.delay_s, 2 * self.delay_s + 0.5))
         mid_tick = tick is not None and node.in_flight(tick)
         frozen_for = self.freeze_s()
         node.freeze()
@@ -167,6 +173,7 @@ class Chaos:
         self.idle(frozen_for, pending=False)
         node.thaw()
         self.log(f"{node.name}: thawed (SIGCONT)")
+        self.idle(AFTER_THAW_S, pending=False)
 
     def redis_restart(self):
         down_s = self.rng.uniform(1, 3)

@@ -149,9 +149,9 @@ class Soak:
 
     def disturb(self, deadline):
         """The run proper, until `deadline`; returns the stopped reader."""
-        # The teams arrive over the first half of the run (at most ten minutes, one
-        # rotation interval): their first rotations are the work the chaos lands in.
-        spread = min(0.5 * (deadline - self.started - QUIET_TAIL_S), 600) / len(self.documents)
+        # The teams arrive over most of the run (at most ten minutes, one rotation
+        # interval): their first rotations are the work the chaos lands in.
+        spread = min(0.75 * (deadline - self.started - QUIET_TAIL_S), 600) / len(self.documents)
         watch = LogWatch(self.nodes)
         watch.start()
         reader = Reader(self.aws.url, self.aws.admin, self.accounts, self.proxy.session, self.log).start()
@@ -159,7 +159,9 @@ class Soak:
         self.registrar.start()
         rng = random.Random(self.args.seed)
         wait_for_work_s = max(15.0, min(60.0, spread))
-        self.chaos = Chaos(self.nodes, self.store, self.redis, rng, lease_ttl_s(), deadline, wait_for_work_s, self.log)
+        self.chaos = Chaos(
+            self.nodes, self.store, self.redis, rng, lease_ttl_s(), self.args.delay, deadline, wait_for_work_s, self.log
+        )
         self.chaos.run()
         self.log("chaos over; the nodes run undisturbed until the end")
         self.chaos.idle(max(0.0, deadline - time.time()))
