@@ -32,13 +32,15 @@ from world import parse_time
 DISTURBANCES = ("kill", "freeze", "redis_restart", "skew_ahead", "skew_behind", "upgrade")
 # Minutes off, within AWS's five-minute window for a request's signing time.
 SKEW_S = 240
-SKEW_HOLD_S = 30
+SKEW_HOLD_S = 20
 UPGRADE_HOLD_S = 10
 # A freeze outlasts the lease by this much, so another node can take over.
 FREEZE_MARGIN_S = 10
 QUIET_TAIL_S = 20
 # A thawed node is left alone this long, so that what its tick still does is seen.
-AFTER_THAW_S = 20
+AFTER_THAW_S = 15
+# About how long a node takes to start (up to its scheduler's first line).
+START_S = 5
 # The field a newer version added to its documents.
 NEWER_FIELD = {"epoch": 7}
 NEWER_HOLDER = "v2-node"
@@ -76,7 +78,7 @@ class Chaos:
             self.rng.shuffle(kinds)
             done = False
             for kind in kinds:
-                pause = self.rng.uniform(3, 8)
+                pause = self.rng.uniform(2, 6)
                 if time.time() + pause + self.needs(kind) > self.deadline - QUIET_TAIL_S:
                     continue
                 self.idle(pause)
@@ -85,14 +87,15 @@ class Chaos:
         self.run_pending(everything=True)
 
     def needs(self, kind):
-        """About how long a disturbance takes, waits included."""
+        """About the longest a disturbance takes, waits and what undoes it included."""
+        aimed = self.wait_for_work_s + 2 * self.delay_s + 0.5
         return {
-            "kill": 15,
-            "freeze": self.freeze_s() + AFTER_THAW_S,
-            "redis_restart": 10,
-            "skew_ahead": SKEW_HOLD_S + 15,
-            "skew_behind": SKEW_HOLD_S + 15,
-            "upgrade": UPGRADE_HOLD_S + 10,
+            "kill": aimed + 3 + START_S,
+            "freeze": aimed + self.freeze_s() + AFTER_THAW_S,
+            "redis_restart": 3 + 2,
+            "skew_ahead": SKEW_HOLD_S + 2 * START_S,
+            "skew_behind": SKEW_HOLD_S + 2 * START_S,
+            "upgrade": self.wait_for_work_s + UPGRADE_HOLD_S + 1,
         }[kind]
 
     def idle(self, seconds, pending=True):

@@ -24,7 +24,6 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from emulator import REGION
 from world import parse_time
 
 CADENCE_S = 1.0
@@ -86,11 +85,9 @@ class AccountWatch:
 
 
 class Reader:
-    def __init__(self, url, admin_keys, accounts, sessions, log):
-        self.url = url
-        self.admin_keys = admin_keys
+    def __init__(self, aws, accounts, sessions):
+        self.aws = aws
         self.sessions = sessions
-        self.log = log
         self.watches = [AccountWatch(account) for account in accounts]
         self.stopping = threading.Event()
         self.threads = [threading.Thread(target=self.follow, args=(w,), daemon=True) for w in self.watches]
@@ -110,22 +107,13 @@ class Reader:
             watch.close(now)
 
     def client(self, session, service, keys):
-        access_key, secret_key, token = keys
-        return session.client(
-            service,
-            endpoint_url=self.url,
-            region_name=REGION,
-            aws_access_key_id=access_key,
-            aws_secret_access_key=secret_key,
-            aws_session_token=token,
-            config=CLIENT_CONFIG,
-        )
+        return self.aws.client(service, *keys, session=session, config=CLIENT_CONFIG)
 
     def follow(self, watch):
         """Reads the account every CADENCE_S until stopped; a round that starts late is
         counted in `lag_max`, and rounds missed are skipped, not caught up."""
         session = boto3.session.Session()
-        secrets = self.client(session, "secretsmanager", self.admin_keys)
+        secrets = self.client(session, "secretsmanager", self.aws.admin)
         verdicts = {}
         next_at = time.time()
         while not self.stopping.is_set():

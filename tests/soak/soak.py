@@ -154,11 +154,11 @@ class Soak:
         spread = min(0.75 * (deadline - self.started - QUIET_TAIL_S), 600) / len(self.documents)
         watch = LogWatch(self.nodes)
         watch.start()
-        reader = Reader(self.aws.url, self.aws.admin, self.accounts, self.proxy.session, self.log).start()
+        reader = Reader(self.aws, self.accounts, self.proxy.session).start()
         self.registrar = Registrar(self.store, self.documents, spread, self.log)
         self.registrar.start()
         rng = random.Random(self.args.seed)
-        wait_for_work_s = max(15.0, min(60.0, spread))
+        wait_for_work_s = min(60.0, max(10.0, spread / 2))
         self.chaos = Chaos(
             self.nodes, self.store, self.redis, rng, lease_ttl_s(), self.args.delay, deadline, wait_for_work_s, self.log
         )
