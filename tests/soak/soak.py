@@ -228,16 +228,18 @@ class Soak:
         on the early ones."""
         client = self.aws.admin_client("secretsmanager")
         existing = secret_names(client)
-        rotations, early, versions = 0, [], 0
+        rotations, unclaimed, early, versions = 0, 0, [], 0
         for account in self.accounts:
             histories = {name: secret_history(client, name) if name in existing else [] for name in account.secret_names}
             versions = max([versions] + [most_in_ten_minutes([t for t, _ in h]) for h in histories.values()])
             rotated = [e for e in events if e["event"] == "account_rotated" and (e["team"], e["account"]) == (account.team, account.name)]
             found = claim(landings(histories[account.path], access_key_of), rotated, self.proxy.session)
             rotations += len(found)
+            unclaimed += sum(1 for landing in found if landing.reason is None)
             early += [(account, previous, landing) for previous, landing in early_landings(found)]
         figures = {
             "rotations": rotations,
+            "unclaimed_landings": unclaimed,
             "rotated_twice": sum(1 for _, _, landing in early if landing.reason is not None),
             "unclaimed_early_writes": sum(1 for _, _, landing in early if landing.reason is None),
             "max_versions_per_10min": versions,
