@@ -17,9 +17,8 @@ A kill or a freeze aims at the node whose tick holds the lease (work in flight),
 for one for a while; without one it takes a node drawn from the seed. A kill lands
 anywhere in the tick's first seconds; a freeze lands where the tick's first accounts are
 past their AssumeRole (one answer delay in) and writing, where a node paused after the
-lease's check does its harm. Nothing new starts
-in the run's last QUIET_TAIL_S seconds, and every node runs unfrozen with the true time
-when the driver ends.
+lease's check does its harm. Nothing new starts in the run's last QUIET_TAIL_S seconds,
+and every node runs unfrozen with the true time when the driver ends.
 """
 
 import json
@@ -95,7 +94,7 @@ class Chaos:
             "redis_restart": 3 + 2,
             "skew_ahead": SKEW_HOLD_S + 2 * START_S,
             "skew_behind": SKEW_HOLD_S + 2 * START_S,
-            "upgrade": self.wait_for_work_s + UPGRADE_HOLD_S + 1,
+            "upgrade": 2 * self.wait_for_work_s + UPGRADE_HOLD_S + 1,
         }[kind]
 
     def idle(self, seconds, pending=True):
@@ -208,14 +207,14 @@ class Chaos:
             self.log("upgrade: the lease stayed busy; skipped")
             return
         team = self.state_to_upgrade()
+        current = self.store.get_json(f"state/{team}") if team else None
         written = None
-        if team:
-            document = {**self.store.get_json(f"state/{team}"), **NEWER_FIELD}
-            self.store.put(f"state/{team}", document)
-            written = document
+        if isinstance(current, dict):
+            written = {**current, **NEWER_FIELD}
+            self.store.put(f"state/{team}", written)
         self.upgrades.append({"at": time.time(), "team": team, "document": written})
         self.counts["upgrades"] += 1
-        self.log(f"upgrade: a newer node holds the lease and rewrote state/{team}")
+        self.log(f"upgrade: a newer node holds the lease{f' and rewrote state/{team}' if written else ''}")
         self.idle(UPGRADE_HOLD_S)
         released = {**held, "expires_at": rfc3339(time.time())}
         if self.store.replace(LEASE_KEY, json.dumps(held), released):
@@ -227,7 +226,7 @@ class Chaos:
         """The lease's text once no tick in flight holds it (None: no lease yet); False
         when it stays busy. A tick's end is read from its node's log, not from the
         record's expiry, which a skewed node writes in its own time."""
-        until = time.time() + self.wait_for_work_s
+        until = time.time() + 2 * self.wait_for_work_s
         while time.time() < until:
             text = self.store.get(LEASE_KEY)
             node, _ = self.holder_in_flight()

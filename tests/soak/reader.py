@@ -140,7 +140,7 @@ class Reader:
                 watch.validity(self.left(split[0], done), done)
         if document is not None:
             values, expiration = json_credentials(document)
-            watch.values.update(v for v in values if v)
+            watch.values.update(v for v in values or () if v)
             working = values is not None and works(values)
             watch.json_mixed_reads += not working
             if working:
@@ -160,7 +160,10 @@ class Reader:
             sts = self.client(session, "sts", values)
             try:
                 verdicts[values] = sts.get_caller_identity()["Arn"] == watch.account.caller_arn
-            except botocore.exceptions.ClientError:
+            except botocore.exceptions.ClientError as error:
+                # A refusal is the verdict; moto failing to answer is not.
+                if error.response["ResponseMetadata"]["HTTPStatusCode"] >= 500:
+                    raise ReadFailed("GetCallerIdentity") from None
                 verdicts[values] = False
             except (botocore.exceptions.BotoCoreError, OSError) as error:
                 raise ReadFailed(type(error).__name__) from None

@@ -4,7 +4,7 @@ Two (or --nodes N) `spin up` nodes of the project's own manifest (the harness's 
 a five-second schedule) share one redis-server run as an operator would (append-only
 file on). AWS is moto_server with signature and IAM checking on, behind the fault proxy
 (--fault-rate of the requests fail in one of its ways; every answer delayed --delay
-seconds). Teams are registered one by one over the run's first part; each has two
+seconds). Teams are registered one by one over most of the run; each has two
 accounts with 900-second credentials (the AWS minimum), rotated 5 minutes before expiry
 (the shortest the rules allow for them), written in both formats. Meanwhile the chaos
 driver (chaos.py) kills, freezes and restarts nodes, restarts Redis, runs nodes with
@@ -48,6 +48,7 @@ from settings import PERIOD_S, ROTATE_BEFORE_EXPIRY_S, SCHEDULE, SETTINGS, TICK_
 from store import Store  # noqa: E402
 from world import Registrar, SessionRecordingProxy, build_world, team_names  # noqa: E402
 
+
 def arguments(argv):
     parser = argparse.ArgumentParser(prog="scripts/soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=60, help="how long the chaos and the reader run (60)")
@@ -67,7 +68,6 @@ class Progress:
     """Progress lines on stderr and in the run's soak.log (which the leak check reads)."""
 
     def __init__(self, path):
-        self.path = path
         self.file = open(path, "w")
         self.started = time.time()
 
@@ -108,6 +108,9 @@ def main(argv):
 
 
 class Soak:
+    """One run: the nodes, the chaos, the reader and the registrations on a world that
+    main() set up (moto with the roles and the rotator, Redis, the proxy)."""
+
     def __init__(self, args, aws, keys, documents, accounts, redis, proxy, workdir, log):
         self.args = args
         self.aws = aws
@@ -203,7 +206,7 @@ class Soak:
             "skewed_runs": counts["skew_ahead"] + counts["skew_behind"],
             "upgrades": counts["upgrades"],
             "unexpected_exits": counts["unexpected_exits"],
-            "sessions_issued": self.proxy.issued,
+            "sessions_issued": len(self.proxy.all_sessions()),
             "faults_injected": len(self.proxy.injected),
             "unknown_fields_dropped": self.unknown_fields_dropped(),
             "disturbances_missing": [

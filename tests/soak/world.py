@@ -96,7 +96,6 @@ class SessionRecordingProxy(FaultProxy):
         super().__init__(upstream, rate=rate, seed=seed)
         self.delay = delay
         self.sessions = {}
-        self.issued = 0
         # A client that gave up (its request timeout) closes the connection under an
         # answer: that is the component's business, not a traceback on the soak's stderr.
         self.server.handle_error = lambda request, address: None
@@ -111,7 +110,6 @@ class SessionRecordingProxy(FaultProxy):
             session = parse_assume_role(payload)
             with self.lock:
                 self.sessions[session.access_key_id] = session
-                self.issued += 1
         return status, headers, payload
 
     def session(self, access_key_id):
