@@ -22,8 +22,10 @@ and every node runs unfrozen with the true time when the driver ends.
 """
 
 import json
+import random
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 
 from store import LEASE_KEY
 from world import parse_time
@@ -49,40 +51,40 @@ def rfc3339(instant):
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(instant))
 
 
+@dataclass
 class Chaos:
-    def __init__(self, nodes, store, redis, rng, lease_ttl_s, delay_s, deadline, wait_for_work_s, log):
-        self.nodes = nodes
-        self.store = store
-        self.redis = redis
-        self.rng = rng
-        self.lease_ttl_s = lease_ttl_s
-        # How long AWS takes to answer (the proxy's delay).
-        self.delay_s = delay_s
-        # The longest lifetime seen in a lease record (its expiry less its tick's start).
-        self.observed_ttl_s = 0.0
-        self.deadline = deadline
-        self.wait_for_work_s = wait_for_work_s
-        self.log = log
-        self.counts = Counter()
-        # (due, node, skew): restarts that end a skewed run.
-        self.pending = []
-        # For each upgrade: when, and the state document written.
-        self.upgrades = []
+    nodes: list
+    store: object
+    redis: object
+    rng: random.Random
+    lease_ttl_s: float
+    # How long AWS takes to answer (the proxy's delay).
+    delay_s: float
+    deadline: float
+    wait_for_work_s: float
+    log: object
+    # The longest lifetime seen in a lease record (its expiry less its tick's start).
+    observed_ttl_s: float = 0.0
+    counts: Counter = field(default_factory=Counter)
+    # (due, node, skew): restarts that end a skewed run.
+    pending: list = field(default_factory=list)
+    # For each upgrade: when, the team and the state document written.
+    upgrades: list = field(default_factory=list)
 
     def run(self):
-        """Disturbs until the quiet tail; then undoes what is still in effect."""
-        done = True
-        while done:
+        """Disturbs until the quiet tail; then undoes what is still in effect. A cycle
+        after the first starts only with time for all of it; within a cycle, what would
+        run into the tail is left out."""
+        first = True
+        while first or time.time() + sum(map(self.needs, DISTURBANCES)) < self.deadline - QUIET_TAIL_S:
+            first = False
             kinds = list(DISTURBANCES)
             self.rng.shuffle(kinds)
-            done = False
             for kind in kinds:
                 pause = self.rng.uniform(2, 6)
-                if time.time() + pause + self.needs(kind) > self.deadline - QUIET_TAIL_S:
-                    continue
-                self.idle(pause)
-                getattr(self, kind)()
-                done = True
+                if time.time() + pause + self.needs(kind) <= self.deadline - QUIET_TAIL_S:
+                    self.idle(pause)
+                    getattr(self, kind)()
         self.run_pending(everything=True)
 
     def needs(self, kind):
@@ -190,8 +192,11 @@ class Chaos:
         self.skew(-SKEW_S)
 
     def skew(self, seconds):
-        """One node runs `seconds` off for SKEW_HOLD_S, a node not already off if any."""
-        true_time = [n for n in self.nodes if n.skew == 0] or self.nodes
+        """A node with the true time, if any, runs `seconds` off for SKEW_HOLD_S."""
+        true_time = [n for n in self.nodes if n.skew == 0]
+        if not true_time:
+            self.log("every node's clock is already off; no skew this time")
+            return
         node = self.rng.choice(true_time)
         node.restart(seconds)
         self.counts["skew_ahead" if seconds > 0 else "skew_behind"] += 1

@@ -22,6 +22,7 @@ import random
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -107,22 +108,25 @@ def main(argv):
     return report(figures, values, workdir, log)
 
 
+@dataclass
 class Soak:
     """One run: the nodes, the chaos, the reader and the registrations on a world that
     main() set up (moto with the roles and the rotator, Redis, the proxy)."""
 
-    def __init__(self, args, aws, keys, documents, accounts, redis, proxy, workdir, log):
-        self.args = args
-        self.aws = aws
-        self.keys = keys
-        self.documents = documents
-        self.accounts = accounts
-        self.redis = redis
-        self.store = Store(redis, args.store_prefix)
-        self.proxy = proxy
-        self.workdir = workdir
-        self.log = log
-        self.nodes = []
+    args: argparse.Namespace
+    aws: Emulator
+    keys: tuple
+    documents: dict
+    accounts: list
+    redis: RedisServer
+    proxy: SessionRecordingProxy
+    workdir: Path
+    log: Progress
+    nodes: list = field(default_factory=list)
+
+    @property
+    def store(self):
+        return Store(self.redis, self.args.store_prefix)
 
     def variables(self):
         extra = dict(SETTINGS, aws_endpoint_url=self.proxy.url)
