@@ -3,6 +3,7 @@ rules are, so each is pinned here on small cases."""
 
 import json
 
+from figures import concurrent_rotations
 from nodes import LogFollower
 from reader import AccountWatch, json_credentials
 from records import Landing, claim, early_landings, landings, leaked_bytes, most_in_ten_minutes
@@ -89,3 +90,17 @@ def test_the_lease_lifetime_follows_the_engines_formula_for_the_soaks_settings()
     # (3 s timeout + 4 accounts x 4 secrets / 40 per second) x 3 attempts + 1 s + 2 s of
     # backoff, twice.
     assert round(lease_ttl_s(), 6) == 26.4
+
+
+def test_two_ticks_rotating_one_account_while_both_run_are_concurrent_rotations():
+    def line(tick, seen, event="tick_started", account="dev"):
+        return {"tick": tick, "seen": seen, "event": event, "node": f"node-{tick}", "team": "alpha", "account": account}
+
+    events = [
+        line("a", 0), line("a", 3, "account_rotated"), line("a", 4, "tick_finished"),
+        line("b", 5), line("b", 7, "account_rotated"), line("b", 8, "tick_finished"),
+        # c is frozen from 10 to 50; d takes over at 40 and rotates what c had started.
+        line("c", 10), line("d", 40), line("d", 42, "account_rotated", "prod"),
+        line("c", 51, "account_rotated", "prod"), line("c", 52, "tick_finished"),
+    ]
+    assert concurrent_rotations(events) == [("alpha", "prod", "d", "c", ("node-d", "node-c"))]
