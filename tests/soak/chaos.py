@@ -63,6 +63,8 @@ class Chaos:
     deadline: float
     wait_for_work_s: float
     log: object
+    # The disturbances to cycle through (the names in DISTURBANCES).
+    kinds: tuple = DISTURBANCES
     # The longest lifetime seen in a lease record (its expiry less its tick's start).
     observed_ttl_s: float = 0.0
     counts: Counter = field(default_factory=Counter)
@@ -75,10 +77,10 @@ class Chaos:
         """Disturbs until the quiet tail; then undoes what is still in effect. A cycle
         after the first starts only with time for all of it; within a cycle, what would
         run into the tail is left out."""
-        first = True
-        while first or time.time() + sum(map(self.needs, DISTURBANCES)) < self.deadline - QUIET_TAIL_S:
+        first = bool(self.kinds)
+        while first or self.kinds and time.time() + sum(map(self.needs, self.kinds)) < self.deadline - QUIET_TAIL_S:
             first = False
-            kinds = list(DISTURBANCES)
+            kinds = list(self.kinds)
             self.rng.shuffle(kinds)
             for kind in kinds:
                 pause = self.rng.uniform(2, 6)

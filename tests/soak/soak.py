@@ -28,7 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "integration")]
 
-from chaos import QUIET_TAIL_S, Chaos  # noqa: E402
+from chaos import DISTURBANCES, QUIET_TAIL_S, Chaos  # noqa: E402
 from emulator import Emulator, start_moto_server  # noqa: E402
 from figures import broken, event_figures, reader_figures  # noqa: E402
 from nodes import LogWatch, Node  # noqa: E402
@@ -59,7 +59,15 @@ def arguments(argv):
     parser.add_argument("--delay", type=float, default=1.0, help="seconds every AWS answer is held (1.0)")
     parser.add_argument("--teams", type=int, default=6, help="teams of two accounts each (6)")
     parser.add_argument("--store-prefix", default="", help="the deployment's store_prefix (none)")
+    parser.add_argument(
+        "--disturbances",
+        default=",".join(DISTURBANCES),
+        help=f"the disturbances to cycle through, comma-separated (all: {','.join(DISTURBANCES)})",
+    )
     args = parser.parse_args(argv)
+    args.disturbances = tuple(filter(None, args.disturbances.split(",")))
+    if not set(args.disturbances) <= set(DISTURBANCES):
+        parser.error(f"--disturbances takes names among {','.join(DISTURBANCES)}")
     if args.nodes < 1 or args.teams < 1 or args.minutes <= 0 or not 0 <= args.fault_rate <= 1:
         parser.error("--nodes and --teams must be at least 1, --minutes positive, --fault-rate within 0..1")
     return args
@@ -167,7 +175,8 @@ class Soak:
         rng = random.Random(self.args.seed)
         wait_for_work_s = min(60.0, max(10.0, spread / 2))
         self.chaos = Chaos(
-            self.nodes, self.store, self.redis, rng, lease_ttl_s(), self.args.delay, deadline, wait_for_work_s, self.log
+            self.nodes, self.store, self.redis, rng, lease_ttl_s(), self.args.delay, deadline, wait_for_work_s, self.log,
+            self.args.disturbances,
         )
         self.chaos.run()
         self.log("chaos over; the nodes run undisturbed until the end")
@@ -213,9 +222,8 @@ class Soak:
             "sessions_issued": len(self.proxy.all_sessions()),
             "faults_injected": len(self.proxy.injected),
             "unknown_fields_dropped": self.unknown_fields_dropped(),
-            "disturbances_missing": [
-                kind for kind in ("kills", "freezes", "redis_restarts", "skew_ahead", "skew_behind", "upgrades") if not counts[kind]
-            ],
+            "disturbances": ",".join(self.args.disturbances),
+            "disturbances_missing": [kind for kind in self.args.disturbances if not self.done(kind)],
             "unparsed_log_lines": sum(node.follower.unparsed for node in self.nodes),
         }
         parts = [
@@ -229,6 +237,10 @@ class Soak:
                 self.log(note)
         figures["wall_s"] = round(time.time() - self.started, 1)
         return figures
+
+    def done(self, kind):
+        counted = {"kill": "kills", "freeze": "freezes", "redis_restart": "redis_restarts", "upgrade": "upgrades"}
+        return self.chaos.counts[counted.get(kind, kind)] > 0
 
     def aws_figures(self, events):
         """Rotations, early ones and versions, from Secrets Manager's records; and notes
