@@ -77,8 +77,10 @@ class Chaos:
         """Disturbs until the quiet tail; then undoes what is still in effect. A cycle
         after the first starts only with time for all of it; within a cycle, what would
         run into the tail is left out."""
-        first = bool(self.kinds)
-        while first or self.kinds and time.time() + sum(map(self.needs, self.kinds)) < self.deadline - QUIET_TAIL_S:
+        if not self.kinds:
+            return
+        first = True
+        while first or time.time() + sum(map(self.needs, self.kinds)) < self.deadline - QUIET_TAIL_S:
             first = False
             kinds = list(self.kinds)
             self.rng.shuffle(kinds)
