@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from store import LEASE_KEY
-from world import parse_time
+from soak_world import parse_time
 
 DISTURBANCES = ("kill", "freeze", "redis_restart", "skew_ahead", "skew_behind", "upgrade")
 # Minutes off, within AWS's five-minute window for a request's signing time.

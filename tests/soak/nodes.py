@@ -77,7 +77,7 @@ class Node:
 
     def start(self):
         """Starts `spin up` with the node's skew; returns once the cron scheduler runs."""
-        self.process = self.spin_node.start(self.variables, schedule=self.schedule, later_s=self.skew)
+        self.process = self.spin_node.start(self.variables, schedule=self.schedule, skew_s=self.skew)
         self.down = False
         self.starts += 1
         started = lambda: SCHEDULER_STARTED in self.process.stderr_path.read_text(errors="replace")
@@ -87,17 +87,11 @@ class Node:
         """Whether `spin up` ended without being killed or stopped on purpose."""
         return not (self.down or self.frozen or self.process.stopped) and self.process.process.poll() is not None
 
-    def signal(self, number):
-        """Sends `number` to the whole process group: `spin up` and its trigger processes."""
-        try:
-            os.killpg(self.process.process.pid, number)
-        except ProcessLookupError:
-            pass
-
     def kill(self):
-        """SIGKILL, as a machine that dies: nothing is given back, nothing is flushed."""
+        """SIGKILL to the whole process group (`spin up` and its trigger processes), as a
+        machine that dies: nothing is given back, nothing is flushed."""
         self.down = True
-        self.signal(signal.SIGKILL)
+        os.killpg(self.process.process.pid, signal.SIGKILL)
         self.process.process.wait(timeout=60)
         self.frozen = False
         self.stopped()
@@ -121,11 +115,11 @@ class Node:
         self.start()
 
     def freeze(self):
-        self.signal(signal.SIGSTOP)
+        self.process.freeze()
         self.frozen = True
 
     def thaw(self):
-        self.signal(signal.SIGCONT)
+        self.process.thaw()
         self.frozen = False
 
     def drain(self):

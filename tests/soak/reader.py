@@ -24,7 +24,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from world import parse_time
+from soak_world import parse_time
 
 CADENCE_S = 1.0
 CLIENT_CONFIG = botocore.config.Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2})

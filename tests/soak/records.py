@@ -18,7 +18,7 @@ apart, as `unclaimed_early_writes`: no line says whether it was a repair.
 
 from dataclasses import dataclass
 
-from world import parse_time
+from soak_world import parse_time
 
 # AWS advises writing a secret at most once in ten minutes (src/timing.rs).
 MIN_REWRITE_INTERVAL_S = 600

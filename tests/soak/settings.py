@@ -8,6 +8,7 @@ ROTATE_BEFORE_EXPIRY_S = 300
 REQUEST_TIMEOUT_S = 3
 # Longer than a freeze, so that a thawed tick may still retry (what the issue saw).
 TICK_BUDGET_S = 60
+# Accounts take turns, so that a tick with several due accounts spans more seconds.
 MAX_CONCURRENCY = 4
 SETTINGS = {
     "secret_format": "both",
@@ -17,14 +18,10 @@ SETTINGS = {
     "tick_budget": f"{TICK_BUDGET_S}s",
     "max_concurrency": str(MAX_CONCURRENCY),
 }
-# The component's defaults that the lease's lifetime also depends on (src/settings.rs,
-# src/retry.rs): Secrets Manager's write pace, the standard retry mode, and the four
-# secrets of secret_format = both.
-WRITES_PER_SECOND = 40
-ATTEMPTS = 3
-BACKOFF_BASE_S = 1
-BACKOFF_CAP_S = 20
-SECRETS_PER_ACCOUNT = 4
+# LeasePolicy (src/lease.rs): a lease lives three times a request and its margin, at
+# least this long.
+LEASE_MARGIN_S = 5
+LEASE_MIN_TTL_S = 30
 
 # Issue #16's target: least validity >= rotate_before_expiry - one period - tick_budget.
 LEAST_VALIDITY_TARGET_S = ROTATE_BEFORE_EXPIRY_S - PERIOD_S - TICK_BUDGET_S
@@ -33,9 +30,6 @@ SERVE_WITHIN_S = 90
 
 
 def lease_ttl_s():
-    """RotationRules::lease_ttl for these settings: twice the writing window, which is
-    every attempt queued behind the other running accounts' writes and timing out, plus
-    the backoff between attempts."""
-    queued = MAX_CONCURRENCY * SECRETS_PER_ACCOUNT / WRITES_PER_SECOND
-    backoff = sum(min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1)) for attempt in range(1, ATTEMPTS))
-    return 2 * ((REQUEST_TIMEOUT_S + queued) * ATTEMPTS + backoff)
+    """LeasePolicy::for_requests for these settings: three times the request timeout and
+    the lease's margin, at least LEASE_MIN_TTL_S."""
+    return max(LEASE_MIN_TTL_S, 3 * (REQUEST_TIMEOUT_S + LEASE_MARGIN_S))

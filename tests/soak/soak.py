@@ -47,7 +47,7 @@ from redis_store import RedisServer  # noqa: E402
 from spin import ROOT, find_spin, redis_runtime_config  # noqa: E402
 from settings import PERIOD_S, ROTATE_BEFORE_EXPIRY_S, SCHEDULE, SETTINGS, TICK_BUDGET_S, lease_ttl_s  # noqa: E402
 from store import Store  # noqa: E402
-from world import Registrar, SessionRecordingProxy, build_world, team_names  # noqa: E402
+from soak_world import Registrar, SessionRecordingProxy, build_world, team_names  # noqa: E402
 
 
 def arguments(argv):
