@@ -211,7 +211,8 @@ class Chaos:
         """A newer node takes the free lease, rewrites a state document and releases,
         each document carrying a field this version does not know."""
         lease = self.free_lease()
-        held = {"holder": NEWER_HOLDER, "expires_at": rfc3339(time.time() + UPGRADE_HOLD_S), **NEWER_FIELD}
+        # It means to release it after UPGRADE_HOLD_S; it would run out FREEZE_MARGIN_S later.
+        held = {"holder": NEWER_HOLDER, "expires_at": rfc3339(time.time() + UPGRADE_HOLD_S + FREEZE_MARGIN_S), **NEWER_FIELD}
         if lease is False or not self.store.replace(LEASE_KEY, lease, held):
             self.log("upgrade: the lease stayed busy; skipped")
             return
