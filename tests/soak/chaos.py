@@ -72,6 +72,14 @@ class Chaos:
     pending: list = field(default_factory=list)
     # For each upgrade: when, the team and the state document written.
     upgrades: list = field(default_factory=list)
+    # (from, to) of every stop of a node (a kill, a freeze, a restart) and of Redis.
+    outages: list = field(default_factory=list)
+
+    def outage(self, act):
+        """Runs `act` (which stops something and starts it again) and notes when."""
+        start = time.time()
+        act()
+        self.outages.append((start, time.time()))
 
     def run(self):
         """Disturbs until the quiet tail; then undoes what is still in effect. A cycle
@@ -123,7 +131,7 @@ class Chaos:
             due, node, skew = entry
             if everything or time.time() >= due:
                 self.pending.remove(entry)
-                node.restart(skew)
+                self.outage(lambda: node.restart(skew))
                 self.log(f"{node.name}: restarted with the true time")
 
     def freeze_s(self):
@@ -162,7 +170,9 @@ class Chaos:
     def kill(self):
         node, tick = self.target(into=(0, 2.5))
         mid_tick = tick is not None and node.in_flight(tick)
+        killed_at = time.time()
         node.kill()
+        self.outages.append((killed_at, killed_at))
         self.counts["kills"] += 1
         self.counts["kills_mid_tick"] += mid_tick
         self.log(f"{node.name}: killed (SIGKILL){' mid-tick' if mid_tick else ''}")
@@ -174,18 +184,20 @@ class Chaos:
         node, tick = self.target(into=(self.delay_s, 2 * self.delay_s + 0.5))
         mid_tick = tick is not None and node.in_flight(tick)
         frozen_for = self.freeze_s()
+        frozen_at = time.time()
         node.freeze()
         self.counts["freezes"] += 1
         self.counts["freezes_mid_tick"] += mid_tick
         self.log(f"{node.name}: frozen (SIGSTOP) for {frozen_for:.0f} s{' mid-tick' if mid_tick else ''}")
         self.idle(frozen_for, pending=False)
         node.thaw()
+        self.outages.append((frozen_at, time.time()))
         self.log(f"{node.name}: thawed (SIGCONT)")
         self.idle(AFTER_THAW_S, pending=False)
 
     def redis_restart(self):
         down_s = self.rng.uniform(1, 3)
-        self.redis.restart(down_s)
+        self.outage(lambda: self.redis.restart(down_s))
         self.counts["redis_restarts"] += 1
         self.log(f"redis-server restarted (down {down_s:.1f} s)")
 
@@ -202,7 +214,7 @@ class Chaos:
             self.log("every node's clock is already off; no skew this time")
             return
         node = self.rng.choice(true_time)
-        node.restart(seconds)
+        self.outage(lambda: node.restart(seconds))
         self.counts["skew_ahead" if seconds > 0 else "skew_behind"] += 1
         self.pending.append((time.time() + SKEW_HOLD_S, node, 0))
         self.log(f"{node.name}: restarted with its clock {seconds:+d} s off")

@@ -4,16 +4,25 @@ explain the ones that matter, and the invariants they are held to."""
 from settings import LEAST_VALIDITY_TARGET_S, PERIOD_S, SERVE_WITHIN_S
 
 
-def reader_figures(watches, lag_max, registered, started, ended):
+# An episode that starts this close to an outage is put down to it (one reader round and
+# the second the writes in flight take to land).
+OUTAGE_SLACK_S = 2
+
+
+def reader_figures(watches, lag_max, registered, started, ended, outages):
     """From the reader's watches; `registered` maps a team to when it was registered,
-    the run's times are `started` and `ended` (the reader's stop). Returns (figures,
-    notes); the notes' times are seconds into the run."""
+    the run's times are `started` and `ended` (the reader's stop), `outages` the (from,
+    to) of every node or Redis stop. Returns (figures, notes); the notes' times are
+    seconds into the run."""
     windows = [(w.account.path, start - started, seconds) for w in watches for start, seconds in w.windows]
+    after = lambda start: any(a - OUTAGE_SLACK_S <= start + started <= b + OUTAGE_SLACK_S for a, b in outages)
+    undisturbed = [seconds for _, start, seconds in windows if not after(start)]
     validities = [w.least_validity for w in watches if w.least_validity is not None]
     waited = {w.account.path: ended - registered[w.account.team] for w in watches if w.account.team in registered}
     unserved = [w.account.path for w in watches if w.first_working is None and waited.get(w.account.path, 0) >= SERVE_WITHIN_S]
     figures = {
         "split_mixed_window_max_s": round(max((s for _, _, s in windows), default=0.0), 1),
+        "split_mixed_window_undisturbed_max_s": round(max(undisturbed, default=0.0), 1),
         "split_mixed_windows": len(windows),
         "split_mixed_reads": sum(w.split_mixed_reads for w in watches),
         "split_mixed_at_end": sum(w.open_at_end for w in watches),
@@ -27,7 +36,11 @@ def reader_figures(watches, lag_max, registered, started, ended):
         "unknown_sessions": sum(w.unknown_sessions for w in watches),
         "reader_lag_max_s": round(lag_max, 1),
     }
-    notes = [f"{path}: split set not working for {seconds:.1f} s from {start:.0f}" for path, start, seconds in windows if seconds >= PERIOD_S]
+    notes = [
+        f"{path}: split set not working for {seconds:.1f} s from {start:.0f}{' (a node or Redis stopped then)' if after(start) else ''}"
+        for path, start, seconds in windows
+        if seconds >= PERIOD_S
+    ]
     notes += [f"{path}: no working set ever, registered {waited[path]:.0f} s before the end" for path in unserved]
     return figures, notes
 

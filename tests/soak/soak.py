@@ -227,7 +227,9 @@ class Soak:
             "unparsed_log_lines": sum(node.follower.unparsed for node in self.nodes),
         }
         parts = [
-            reader_figures(reader.watches, reader.lag_max, self.registrar.registered, self.started, self.ended),
+            reader_figures(
+                reader.watches, reader.lag_max, self.registrar.registered, self.started, self.ended, self.chaos.outages
+            ),
             event_figures(events, self.chaos.upgrades),
             self.aws_figures(events),
         ]

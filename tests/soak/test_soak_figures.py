@@ -3,7 +3,7 @@ rules are, so each is pinned here on small cases."""
 
 import json
 
-from figures import concurrent_rotations
+from figures import concurrent_rotations, reader_figures
 from nodes import LogFollower
 from reader import AccountWatch, json_credentials
 from records import Landing, claim, early_landings, landings, leaked_bytes, most_in_ten_minutes
@@ -103,3 +103,15 @@ def test_two_ticks_rotating_one_account_while_both_run_are_concurrent_rotations(
         line("c", 51, "account_rotated", "prod"), line("c", 52, "tick_finished"),
     ]
     assert concurrent_rotations(events) == [("alpha", "prod", "d", "c", ("node-d", "node-c"))]
+
+
+def test_mixed_windows_that_begin_at_an_outage_are_told_apart():
+    watch = AccountWatch(ACCOUNT)
+    watch.windows = [(1010, 30.0), (1100, 7.0), (1201, 3.0)]
+    figures, notes = reader_figures([watch], 0.0, {}, started=1000, ended=1300, outages=[(1009, 1009), (1195, 1200)])
+    assert figures["split_mixed_window_max_s"] == 30.0
+    assert figures["split_mixed_window_undisturbed_max_s"] == 7.0
+    assert notes == [
+        "/concourse/alpha/dev: split set not working for 30.0 s from 10 (a node or Redis stopped then)",
+        "/concourse/alpha/dev: split set not working for 7.0 s from 100",
+    ]
