@@ -19,6 +19,7 @@ pub mod api;
 pub mod aws;
 pub mod clock;
 pub mod config;
+pub mod deployment;
 pub mod events;
 pub mod lease;
 pub mod names;
