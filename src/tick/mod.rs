@@ -368,13 +368,12 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Engine<'_, T, S, K> {
             started_at: finished_at - chrono_duration(elapsed),
             finished_at,
             duration_ms: elapsed.as_millis() as u64,
-            accounts: summary.accounts,
-            rotated: summary.rotated,
-            skipped: summary.skipped,
-            deferred: summary.deferred,
-            failed: summary.failed.len(),
-            invalid_teams: summary.invalid_teams.len(),
-            ..LastTick::default()
+            accounts: summary.accounts as u64,
+            rotated: summary.rotated as u64,
+            skipped: summary.skipped as u64,
+            deferred: summary.deferred as u64,
+            failed: summary.failed.len() as u64,
+            invalid_teams: summary.invalid_teams.len() as u64,
         }
     }
 

@@ -117,7 +117,7 @@ impl Record {
         let sinks = rules.sink.sinks();
         let was_incomplete = self.was_incomplete.get(&key(job)).copied().unwrap_or(false);
         match &outcome {
-            Outcome::Rotated { .. } => self.count(|counters| counters.rotations += 1),
+            Outcome::Rotated { .. } => self.count(Counters::count_rotation),
             Outcome::Failed { stage, .. } => {
                 self.count(|counters| counters.count_failure(stage.as_str()))
             }
