@@ -15,9 +15,10 @@
 //! counters by itself. A tick's record is replaced whole by every tick.
 
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use crate::state::Fields;
+use crate::state::{Fields, Writer};
 
 /// Where the counters live (under the `store_prefix`).
 pub const COUNTERS_KEY: &str = "metrics/counters";
@@ -117,8 +118,9 @@ fn bump(fields: &mut Fields, path: &[&str], count: u64) {
 }
 
 /// The last full tick (not a one-team rotation asked through the API).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct LastTick {
+    pub writer: Writer,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     /// Measured on the monotonic clock, so a clock step cannot make it negative.
@@ -141,6 +143,7 @@ impl LastTick {
         };
         let count = |field: &str| record.get(field).and_then(Value::as_u64).unwrap_or(0);
         Some(Self {
+            writer: Writer::ConcourseSts,
             started_at: time("started_at")?,
             finished_at: time("finished_at")?,
             duration_ms: count("duration_ms"),
@@ -154,19 +157,7 @@ impl LastTick {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let record = json!({
-            "writer": "concourse-sts",
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "duration_ms": self.duration_ms,
-            "accounts": self.accounts,
-            "rotated": self.rotated,
-            "skipped": self.skipped,
-            "deferred": self.deferred,
-            "failed": self.failed,
-            "invalid_teams": self.invalid_teams,
-        });
-        record.to_string().into_bytes()
+        serde_json::to_vec(self).expect("a tick record is numbers and times")
     }
 }
 

@@ -10,7 +10,6 @@
 //! the counters' other labels (`stage`, `service`, `outcome`) take their values from a
 //! fixed vocabulary. Never a role ARN, a secret name or a credential.
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use chrono::{DateTime, Utc};
@@ -22,8 +21,8 @@ use crate::state::Stage;
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// A per-account gauge: its name (after `concourse_sts_account_`), help, and value
-/// (`None`: no sample for that account).
+/// A per-account gauge: its name (after `concourse_sts_`), help, and value (`None`: no
+/// sample for that account).
 type AccountGauge = (
     &'static str,
     &'static str,
@@ -32,42 +31,42 @@ type AccountGauge = (
 
 const ACCOUNT_GAUGES: [AccountGauge; 8] = [
     (
-        "credentials_expiry_timestamp_seconds",
+        "account_credentials_expiry_timestamp_seconds",
         "When the credentials last written for the account expire.",
         |a| seconds(a.state.expiration),
     ),
     (
-        "last_rotation_timestamp_seconds",
+        "account_last_rotation_timestamp_seconds",
         "When the account's credentials were last all written.",
         |a| seconds(a.state.written_at),
     ),
     (
-        "next_rotation_timestamp_seconds",
+        "account_next_rotation_timestamp_seconds",
         "When the account is next due, before its credentials expire.",
         |a| seconds(a.state.rotate_after),
     ),
     (
-        "next_attempt_timestamp_seconds",
+        "account_next_attempt_timestamp_seconds",
         "Until when a failing account backs off.",
         |a| seconds(a.state.next_attempt),
     ),
     (
-        "failing",
+        "account_failing",
         "1 when the account's last attempt failed, or the next tick refuses it.",
         |a| Some(flag(a.failing())),
     ),
     (
-        "consecutive_failures",
+        "account_consecutive_failures",
         "Attempts of the account that failed in a row.",
         |a| Some(Number::count(u64::from(a.state.consecutive_failures))),
     ),
     (
-        "half_written",
+        "account_half_written",
         "1 when a write of the account's secrets was left half done.",
         |a| Some(flag(a.state.incomplete)),
     ),
     (
-        "permanent_failure",
+        "account_permanent_failure",
         "1 when the account fails in a way only an operator can fix.",
         |a| Some(flag(a.permanent())),
     ),
@@ -83,12 +82,12 @@ const SERVICES: [&str; 3] = ["sts", "secretsmanager", "ssm"];
 pub fn exposition(overview: &Overview, now: DateTime<Utc>) -> String {
     let mut out = Exposition::default();
     for (name, help, value) in ACCOUNT_GAUGES {
-        out.family(&format!("account_{name}"), "gauge", help);
+        out.family(name, "gauge", help);
         for team in &overview.teams {
             for account in &team.accounts {
                 if let Some(value) = value(account) {
                     let labels = [("team", team.name.as_str()), ("account", &account.name)];
-                    out.sample(&format!("account_{name}"), &labels, value);
+                    out.sample(name, &labels, value);
                 }
             }
         }
@@ -189,36 +188,43 @@ fn counters(out: &mut Exposition, overview: &Overview) {
         "counter",
         "Rotations that failed, by the stage that failed.",
     );
-    let mut failures: BTreeMap<&str, u64> = counted.failures().collect();
-    for stage in COUNTED_STAGES {
-        failures.entry(stage.as_str()).or_default();
-    }
-    for (stage, count) in failures {
+    for stage in COUNTED_STAGES.map(Stage::as_str) {
+        let count = counted.failures().find(|(name, _)| *name == stage);
+        let count = count.map_or(0, |(_, count)| count);
         out.sample("failures_total", &[("stage", stage)], Number::count(count));
+    }
+    for (stage, count) in counted.failures() {
+        if !COUNTED_STAGES
+            .iter()
+            .any(|counted| counted.as_str() == stage)
+        {
+            out.sample("failures_total", &[("stage", stage)], Number::count(count));
+        }
     }
     out.family(
         "aws_requests_total",
         "counter",
         "AWS requests sent, by service and outcome (ok, or the class of the error).",
     );
-    let mut throttled = BTreeMap::from(SERVICES.map(|service| (service, 0)));
     for (service, outcome, count) in counted.requests() {
         let labels = [("service", service), ("outcome", outcome)];
         out.sample("aws_requests_total", &labels, Number::count(count));
-        if outcome == ErrorKind::Throttling.label() {
-            *throttled.entry(service).or_default() += count;
-        }
     }
     out.family(
         "aws_throttled_requests_total",
         "counter",
         "AWS requests answered with throttling, by service.",
     );
-    for (service, count) in throttled {
-        let labels = [("service", service)];
+    let throttled = ErrorKind::Throttling.label();
+    for service in SERVICES {
+        let count = counted
+            .requests()
+            .filter(|(name, outcome, _)| *name == service && *outcome == throttled)
+            .map(|(_, _, count)| count)
+            .sum();
         out.sample(
             "aws_throttled_requests_total",
-            &labels,
+            &[("service", service)],
             Number::count(count),
         );
     }

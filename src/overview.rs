@@ -2,33 +2,28 @@
 //! (`GET /metrics`, `GET /status`): every team and account with its stored state and the
 //! condition an operator cares about, the counters, the last tick and the lease.
 //!
-//! It reads the store as a tick does ([`load`]) and asks the tick's own pure [`plan`]
-//! which accounts the next tick would refuse before any AWS call (a role outside
-//! `allowed_role_arns`, a `duration` the rules cannot serve, a secret path that cannot
-//! be rendered, colliding secret names): such accounts never get a state of their own,
-//! yet they fail at every tick and only an operator can fix them.
+//! It reads the store as a tick does ([`load`]) and asks the plan's own checks
+//! ([`admit`], [`colliding_names`]) which accounts the next tick refuses before any AWS
+//! call (a role outside `allowed_role_arns`, a `duration` the rules cannot serve, a
+//! secret path that cannot be rendered, colliding secret names): such accounts never get
+//! a state of their own, yet they fail at every tick and only an operator can fix them.
 //!
 //! The admin API has no AWS time (it makes no AWS call), so "now" is the serving node's
 //! wall clock: a condition such as "due" may be off by that node's skew.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 
-use crate::config::TEAM_KEY_PREFIX;
 use crate::deployment::{Counters, LastTick, LAST_TICK_KEY};
 use crate::events::Event;
 use crate::lease::{self, Holding};
 use crate::settings::RotationRules;
 use crate::state::{AccountState, LastError};
 use crate::store::{KeyValue, StoreError};
-use crate::tick::load::{load, Loaded};
-use crate::tick::plan::{plan, Scope};
+use crate::tick::load::{load, Loaded, LoadedTeam};
+use crate::tick::plan::{admit, colliding_names, foreign_state};
 
 /// What an operator needs to know of an account at a glance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Condition {
     /// Written, and not due yet.
     Fresh,
@@ -42,6 +37,20 @@ pub enum Condition {
     HalfWritten,
     /// Its team's document is invalid: nothing of the team is rotated.
     InvalidTeam,
+}
+
+impl Condition {
+    /// As `/status` names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Condition::Fresh => "fresh",
+            Condition::Due => "due",
+            Condition::Failing => "failing",
+            Condition::BackingOff => "backing_off",
+            Condition::HalfWritten => "half_written",
+            Condition::InvalidTeam => "invalid_team",
+        }
+    }
 }
 
 /// One account as the overview shows it.
@@ -85,7 +94,7 @@ pub struct TeamView {
 /// The deployment as the store shows it.
 #[derive(Debug, Default)]
 pub struct Overview {
-    /// By name.
+    /// Teams with a valid document by name, then the invalid ones.
     pub teams: Vec<TeamView>,
     /// Zero when nothing was counted yet (or the stored counters are a newer format).
     pub counters: Counters,
@@ -114,79 +123,13 @@ impl Overview {
     }
 }
 
-/// What the plan refuses: the invalid teams' names and the refused accounts' errors.
-#[derive(Default)]
-struct Refusals {
-    invalid: BTreeSet<String>,
-    accounts: BTreeMap<(String, String), LastError>,
-}
-
-fn refusals(loaded: &Loaded, rules: Option<&RotationRules>, now: DateTime<Utc>) -> Refusals {
-    let mut refusals = Refusals::default();
-    let Some(rules) = rules else {
-        refusals.invalid = loaded.invalid.iter().map(|t| t.team().to_owned()).collect();
-        return refusals;
-    };
-    let planned = plan(loaded, rules, now, Scope::All);
-    for key in &planned.invalid_teams {
-        let name = key.strip_prefix(TEAM_KEY_PREFIX).unwrap_or(key);
-        refusals.invalid.insert(name.to_owned());
-    }
-    for event in planned.events {
-        if let Event::AccountFailed {
-            team,
-            account,
-            stage,
-            code,
-            permanent,
-            error,
-            ..
-        } = event
-        {
-            let refusal = LastError {
-                at: now,
-                stage,
-                code,
-                message: error,
-                permanent,
-            };
-            refusals.accounts.insert((team, account), refusal);
-        }
-    }
-    refusals
-}
-
+/// Teams with a valid document in name order, then those whose document is invalid.
 fn teams(loaded: &Loaded, rules: Option<&RotationRules>, now: DateTime<Utc>) -> Vec<TeamView> {
-    let mut refusals = refusals(loaded, rules, now);
-    let stored = |team: &str, account: &str| {
-        let states = loaded.states.get(team);
-        let state = states.and_then(|s| s.accounts.get(account));
-        state.cloned().unwrap_or_default()
-    };
-    let mut teams = Vec::new();
-    for team in &loaded.teams {
-        let name = &team.document.name;
-        let invalid = refusals.invalid.contains(name);
-        let accounts = team.document.accounts.iter().map(|account| {
-            let refused = refusals
-                .accounts
-                .remove(&(name.clone(), account.name.clone()));
-            let state = stored(name, &account.name);
-            let condition = condition(&state, refused.is_some(), invalid, now);
-            AccountView {
-                name: account.name.clone(),
-                role_arn: Some(account.role_arn.clone()),
-                state,
-                refused,
-                condition,
-            }
-        });
-        teams.push(TeamView {
-            name: name.clone(),
-            invalid,
-            accounts: accounts.collect(),
-        });
-    }
+    let mut teams: Vec<TeamView> = loaded
+        .teams
+        .iter()
+        .map(|team| team_view(team, loaded, rules, now))
+        .collect();
     for invalid in &loaded.invalid {
         let name = invalid.team();
         let remembered = loaded.states.get(name).into_iter();
@@ -205,8 +148,64 @@ fn teams(loaded: &Loaded, rules: Option<&RotationRules>, now: DateTime<Utc>) -> 
             accounts: accounts.collect(),
         });
     }
-    teams.sort_by(|a, b| a.name.cmp(&b.name));
     teams
+}
+
+/// A team with a valid document, judged as the next tick's plan would: its accounts'
+/// names colliding make it invalid, the rules may refuse an account.
+fn team_view(
+    team: &LoadedTeam,
+    loaded: &Loaded,
+    rules: Option<&RotationRules>,
+    now: DateTime<Utc>,
+) -> TeamView {
+    let name = &team.document.name;
+    let invalid = rules.is_some_and(|rules| !colliding_names(team, rules).is_empty());
+    let states = loaded.states.get(name);
+    let accounts = team.document.accounts.iter().map(|account| {
+        let refusal = match rules {
+            _ if invalid => None,
+            _ if loaded.foreign_states.contains(name) => Some(foreign_state(name, account)),
+            Some(rules) => admit(name, account, rules).err(),
+            None => None,
+        };
+        let refused = refusal.and_then(|event| refusal_error(*event, now));
+        let state = states.and_then(|s| s.accounts.get(&account.name));
+        let state = state.cloned().unwrap_or_default();
+        let condition = condition(&state, refused.is_some(), invalid, now);
+        AccountView {
+            name: account.name.clone(),
+            role_arn: Some(account.role_arn.clone()),
+            state,
+            refused,
+            condition,
+        }
+    });
+    TeamView {
+        name: name.clone(),
+        invalid,
+        accounts: accounts.collect(),
+    }
+}
+
+/// The last error a refusal amounts to.
+fn refusal_error(event: Event, now: DateTime<Utc>) -> Option<LastError> {
+    match event {
+        Event::AccountFailed {
+            stage,
+            code,
+            permanent,
+            error,
+            ..
+        } => Some(LastError {
+            at: now,
+            stage,
+            code,
+            message: error,
+            permanent,
+        }),
+        _ => None,
+    }
 }
 
 /// The condition of one account, the most pressing first.
@@ -336,13 +335,13 @@ pub(crate) mod tests {
                 ("alpha", "backing-off", BackingOff, false),
                 ("alpha", "half", HalfWritten, false),
                 ("alpha", "new", Due, false),
-                ("beta", "old", InvalidTeam, false),
                 ("gamma", "dev", Failing, true),
+                ("beta", "old", InvalidTeam, false),
             ]
         );
         let invalid: Vec<bool> = overview.teams.iter().map(|t| t.invalid).collect();
-        assert_eq!(invalid, [false, true, false]);
-        let gamma = &overview.teams[2].accounts[0];
+        assert_eq!(invalid, [false, false, true]);
+        let gamma = &overview.teams[1].accounts[0];
         assert_eq!(gamma.last_error().unwrap().stage, Stage::RoleNotAllowed);
         assert!(gamma.failing() && gamma.state == AccountState::default());
     }
@@ -350,8 +349,8 @@ pub(crate) mod tests {
     #[test]
     fn without_the_rules_only_stored_failures_show() {
         let overview = Overview::read(&every_condition(), None, at(40)).unwrap();
-        let gamma = &overview.teams[2].accounts[0];
+        let gamma = &overview.teams[1].accounts[0];
         assert_eq!((gamma.condition, gamma.failing()), (Condition::Due, false));
-        assert!(overview.teams[1].invalid);
+        assert!(overview.teams[2].invalid);
     }
 }

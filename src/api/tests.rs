@@ -694,15 +694,15 @@ fn status_shows_every_team_and_account_with_its_state_and_never_a_credential() {
         ("alpha", false, "backing-off", "backing_off"),
         ("alpha", false, "half", "half_written"),
         ("alpha", false, "new", "due"),
-        ("beta", true, "old", "invalid_team"),
         ("gamma", false, "dev", "failing"),
+        ("beta", true, "old", "invalid_team"),
     ];
     let expected: Vec<(String, bool, String, String)> = expected
         .iter()
         .map(|(t, i, a, s)| (t.to_string(), *i, a.to_string(), s.to_string()))
         .collect();
     assert_eq!(rows, expected);
-    let gamma = &body["teams"][2]["accounts"][0];
+    let gamma = &body["teams"][1]["accounts"][0];
     assert_eq!(gamma["last_error"]["stage"], "role_not_allowed");
     assert_eq!(gamma["last_error"]["permanent"], true);
     let fields: Vec<&String> = body["teams"][0]["accounts"][0]

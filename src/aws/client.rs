@@ -5,7 +5,6 @@
 //! (see [`super::session`]). Writes pass a [`Gate`] right before they are sent.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::future::Future;
 
 use super::endpoints::Endpoints;
@@ -57,9 +56,10 @@ pub struct AwsClient<'c, T, S> {
     sent: RefCell<RequestCounts>,
 }
 
-/// Requests sent, by service (`sts`, `secretsmanager`, `ssm`) and outcome (`ok`, or
-/// the error's [`ErrorKind::label`]).
-pub type RequestCounts = BTreeMap<(&'static str, &'static str), u64>;
+/// Requests sent: (service (`sts`, `secretsmanager`, `ssm`), outcome (`ok`, or the
+/// error's [`ErrorKind::label`]), count), each pair once. A few dozen pairs at most, so
+/// a list: a map type would cost the component more code than it saves time.
+pub type RequestCounts = Vec<(&'static str, &'static str, u64)>;
 
 /// One request, before it is signed.
 struct Call<B> {
@@ -307,11 +307,14 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
     }
 
     fn count(&self, service: &'static str, outcome: &'static str) {
-        *self
-            .sent
-            .borrow_mut()
-            .entry((service, outcome))
-            .or_default() += 1;
+        let mut sent = self.sent.borrow_mut();
+        match sent
+            .iter_mut()
+            .find(|(s, o, _)| (*s, *o) == (service, outcome))
+        {
+            Some((_, _, count)) => *count += 1,
+            None => sent.push((service, outcome, 1)),
+        }
     }
 
     /// One signed request through the gate; the answer's `Date` is learned, whatever

@@ -374,6 +374,7 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Engine<'_, T, S, K> {
             deferred: summary.deferred as u64,
             failed: summary.failed.len() as u64,
             invalid_teams: summary.invalid_teams.len() as u64,
+            ..LastTick::default()
         }
     }
 

@@ -181,7 +181,7 @@ impl Record {
 
     /// Adds the AWS requests sent since the last call to the counters.
     pub fn count_requests(&mut self, sent: RequestCounts) {
-        for ((service, outcome), count) in sent {
+        for (service, outcome, count) in sent {
             self.count(|counters| counters.count_request(service, outcome, count));
         }
     }
