@@ -88,8 +88,10 @@ impl LeasePolicy {
 struct LeaseRecord {
     holder: String,
     expires_at: DateTime<Utc>,
-    /// When the holder took the lease, kept through its renewals: how long a tick has
-    /// held it, for `/metrics`. Absent in the records of earlier versions.
+    /// When the holder took the lease, kept through its renewals and dropped at its
+    /// release: how long a tick has held it, for `/metrics`. Absent in the records of
+    /// earlier versions (during a rolling upgrade, an earlier version that takes over an
+    /// expired lease keeps the last holder's, as it keeps every field it does not know).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     acquired_at: Option<DateTime<Utc>>,
     /// Fields a newer version wrote, kept as they are.
@@ -243,8 +245,11 @@ impl<'a, K: KeyValue, S: TimeSource> Lease<'a, K, S> {
         if self.lost.borrow().is_some() {
             return Ok(());
         }
+        // Without its holder's start: a released lease is held by no one, whatever the
+        // clock of a node that reads it says of its expiry.
         let ended = LeaseRecord {
             expires_at: self.clock.now(),
+            acquired_at: None,
             ..self.written.borrow().clone()
         };
         let old = self.written.borrow().to_bytes();
@@ -456,6 +461,9 @@ mod tests {
         let renewed = holding(&store).unwrap().unwrap();
         assert_eq!(renewed.acquired_at, Some(taken));
         assert_eq!(renewed.expires_at, clock.now() + chrono_duration(TTL));
+        lease.release().unwrap();
+        let released = holding(&store).unwrap().unwrap();
+        assert_eq!((released.acquired_at, released.expires_at), (None, clock.now()));
         store
             .set(
                 LEASE_KEY,

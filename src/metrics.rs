@@ -231,49 +231,56 @@ fn counters(out: &mut Exposition, overview: &Overview) {
 }
 
 fn seconds(moment: Option<DateTime<Utc>>) -> Option<Number> {
-    moment.map(|at| Number::millis(at.timestamp_millis()))
+    moment.map(|at| Number::micros(at.timestamp_micros()))
 }
 
 fn flag(on: bool) -> Number {
     Number::count(u64::from(on))
 }
 
-/// A sample's value in thousandths, written without floating point: every value here
-/// is a count or a time in milliseconds, and formatting an `f64` would add the float
-/// printing code to the component (about 20 KB of its 1 MiB).
+/// A sample's value in millionths, written without floating point: every value here
+/// is a count or a time (to the microsecond, as stored), and formatting an `f64` would
+/// add the float printing code to the component (about 20 KB of its 1 MiB).
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Number {
-    thousandths: i64,
+    millionths: i64,
 }
 
 impl Number {
+    const ONE: i64 = 1_000_000;
+
     fn count(count: u64) -> Self {
+        let count = i64::try_from(count).unwrap_or(i64::MAX);
         Self {
-            thousandths: i64::try_from(count)
-                .unwrap_or(i64::MAX)
-                .saturating_mul(1000),
+            millionths: count.saturating_mul(Self::ONE),
         }
     }
 
     fn millis(millis: i64) -> Self {
         Self {
-            thousandths: millis,
+            millionths: millis.saturating_mul(1000),
         }
+    }
+
+    fn micros(micros: i64) -> Self {
+        Self { millionths: micros }
     }
 }
 
 impl std::fmt::Display for Number {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let sign = if self.thousandths < 0 { "-" } else { "" };
-        let magnitude = self.thousandths.unsigned_abs();
-        let (whole, fraction) = (magnitude / 1000, magnitude % 1000);
-        match fraction {
-            0 => write!(f, "{sign}{whole}"),
-            _ => {
-                let digits = format!("{fraction:03}");
-                write!(f, "{sign}{whole}.{}", digits.trim_end_matches('0'))
-            }
+        let sign = if self.millionths < 0 { "-" } else { "" };
+        let magnitude = self.millionths.unsigned_abs();
+        let one = Self::ONE.unsigned_abs();
+        let (whole, mut fraction, mut digits) = (magnitude / one, magnitude % one, 6);
+        if fraction == 0 {
+            return write!(f, "{sign}{whole}");
         }
+        while fraction % 10 == 0 {
+            fraction /= 10;
+            digits -= 1;
+        }
+        write!(f, "{sign}{whole}.{fraction:0digits$}")
     }
 }
 
@@ -449,12 +456,25 @@ mod tests {
             Number::count(12),
             Number::millis(1_500),
             Number::millis(1_900_000_000_250),
+            Number::micros(1_796_555_715_472_900),
+            Number::micros(7),
             Number::millis(-20),
         ]
         .iter()
         .map(Number::to_string)
         .collect();
-        assert_eq!(written, ["0", "12", "1.5", "1900000000.25", "-0.02"]);
+        assert_eq!(
+            written,
+            [
+                "0",
+                "12",
+                "1.5",
+                "1900000000.25",
+                "1796555715.4729",
+                "0.000007",
+                "-0.02"
+            ]
+        );
     }
 
     #[test]
