@@ -53,7 +53,7 @@ const PAGE: &str = include_str!("api/status.html");
 /// The page's `Content-Security-Policy`: nothing but its own script and style (by
 /// hash, so an injected one cannot run) and requests to its own origin. A unit test
 /// checks the hashes against the page.
-const PAGE_POLICY: &str = "default-src 'none'; script-src 'sha256-HhX/bnGpDsBBR4dfrVdwUBVUtwb6PB97Kwg/90u2TXU='; style-src 'sha256-cMfxwY/FmFkFsd8B9XFVDh6n0lJqYfdKRALf9yKO2GY='; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+const PAGE_POLICY: &str = "default-src 'none'; script-src 'sha256-tndz8S6jG/i/V3SljM56tMqMQ6hPuWjZkCCSDYPVkDU='; style-src 'sha256-cMfxwY/FmFkFsd8B9XFVDh6n0lJqYfdKRALf9yKO2GY='; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// What an answer carries: JSON (the API's own answers) or a document of another type.
 #[derive(Debug, Clone, PartialEq)]
