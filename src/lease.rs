@@ -463,7 +463,10 @@ mod tests {
         assert_eq!(renewed.expires_at, clock.now() + chrono_duration(TTL));
         lease.release().unwrap();
         let released = holding(&store).unwrap().unwrap();
-        assert_eq!((released.acquired_at, released.expires_at), (None, clock.now()));
+        assert_eq!(
+            (released.acquired_at, released.expires_at),
+            (None, clock.now())
+        );
         store
             .set(
                 LEASE_KEY,

@@ -112,20 +112,19 @@ fn last_tick(out: &mut Exposition, overview: &Overview) {
     };
     let moments = [
         (
-            "started",
+            "last_tick_started_timestamp_seconds",
             tick.started_at,
             "When the last full tick started.",
         ),
         (
-            "finished",
+            "last_tick_finished_timestamp_seconds",
             tick.finished_at,
             "When the last full tick finished.",
         ),
     ];
-    for (what, at, help) in moments {
-        let name = format!("last_tick_{what}_timestamp_seconds");
-        out.family(&name, "gauge", help);
-        out.sample(&name, &[], Number::millis(at.timestamp_millis()));
+    for (name, at, help) in moments {
+        out.family(name, "gauge", help);
+        out.sample(name, &[], Number::micros(at.timestamp_micros()));
     }
     out.family(
         "last_tick_duration_seconds",
