@@ -23,6 +23,22 @@ ARTIFACTS = ROOT / "target" / "test-artifacts"
 LOCKED_ROLE = "locked-ci"
 
 
+def poll(condition, what, timeout, failed=lambda: None, shows=lambda: ""):
+    """`condition()`'s first true value, polled every 0.1 s; fails as soon as `failed()`
+    says why, or after `timeout` seconds saying what `shows()` shows."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        problem = failed()
+        if problem:
+            raise RuntimeError(f"{problem} before {what}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {what} within {timeout} s; {shows()}")
+        time.sleep(0.1)
+
+
 class Deployment:
     """`spin up` serving the admin API, with alpha (rotates), gamma (its role denied) and,
     with `broken`, an invalid team document."""
@@ -138,16 +154,11 @@ class Prometheus:
         }
 
     def wait(self, condition, what, timeout):
-        deadline = time.monotonic() + timeout
-        while True:
-            value = condition()
-            if value:
-                return value
+        def exited():
             if self.process.poll() is not None:
-                raise RuntimeError(f"prometheus exited: {Path(self.log.name).read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no {what} within {timeout} s; alerts: {self.alerts()}")
-            time.sleep(0.25)
+                return f"prometheus exited: {Path(self.log.name).read_text()[-2000:]}"
+
+        return poll(condition, what, timeout, exited, lambda: f"alerts: {self.alerts()}")
 
     def stop(self):
         self.process.terminate()

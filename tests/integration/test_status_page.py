@@ -6,14 +6,13 @@ itself. A screenshot is kept in target/test-artifacts/."""
 
 import os
 import shutil
-import time
 
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-from observe import ARTIFACTS, METRICS_TOKEN, Deployment
+from observe import ARTIFACTS, METRICS_TOKEN, Deployment, poll
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -56,14 +55,7 @@ def browser(tmp_path):
 
 
 def wait(driver, condition, what, timeout=30):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no {what} within {timeout} s; the page shows:\n{driver.find_element(By.TAG_NAME, 'body').text}")
-        time.sleep(0.1)
+    return poll(condition, what, timeout, shows=lambda: f"the page shows:\n{driver.find_element(By.TAG_NAME, 'body').text}")
 
 
 def shown(driver, element_id):
