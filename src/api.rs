@@ -163,7 +163,7 @@ where
         .collect();
     match (segments.as_slice(), request.method) {
         (["healthz"], "GET") => return ApiResponse::json(200, json!({"status": "ok"})),
-        ([] | [""], "GET") => {
+        ([], "GET") => {
             return ApiResponse::text("text/html; charset=utf-8", PAGE_HEADERS, PAGE.to_owned())
         }
         (["metrics" | "status"], "GET") => {
@@ -203,7 +203,7 @@ where
         }
         (["rotate"], "POST") => rotate(rotator, None).await,
         (["teams", _, "status" | "rotate"], _)
-        | (["teams"] | ["rotate"] | ["metrics"] | ["status"] | [] | [""], _) => Err(not_allowed()),
+        | (["teams"] | ["rotate"] | ["metrics"] | ["status"] | [], _) => Err(not_allowed()),
         _ => Err(ApiResponse::error(
             404,
             "not_found",
