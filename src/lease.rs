@@ -96,6 +96,12 @@ impl LeasePolicy {
 struct LeaseRecord {
     holder: String,
     expires_at: DateTime<Utc>,
+    /// When the holder took the lease, kept through its renewals and dropped at its
+    /// release: how long a tick has held it, for `/metrics`. Absent in the records of
+    /// earlier versions (during a rolling upgrade, an earlier version that takes over an
+    /// expired lease keeps the last holder's, as it keeps every field it does not know).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    acquired_at: Option<DateTime<Utc>>,
     /// Fields a newer version wrote, kept as they are.
     #[serde(flatten)]
     other: serde_json::Map<String, serde_json::Value>,
@@ -177,6 +183,7 @@ impl<'a, K: KeyValue, S: TimeSource> Lease<'a, K, S> {
         let wanted = LeaseRecord {
             holder: holder.to_owned(),
             expires_at: now + chrono_duration(policy.ttl),
+            acquired_at: Some(now),
             other: record.map(|r| r.other).unwrap_or_default(),
         };
         store.swap(LEASE_KEY, current.as_deref(), &wanted.to_bytes())?;
@@ -252,8 +259,11 @@ impl<'a, K: KeyValue, S: TimeSource> Lease<'a, K, S> {
         ) {
             return Ok(());
         }
+        // Without its holder's start: a released lease is held by no one, whatever the
+        // clock of a node that reads it says of its expiry.
         let ended = LeaseRecord {
             expires_at: self.clock.now(),
+            acquired_at: None,
             ..self.written.borrow().clone()
         };
         let old = self.written.borrow().to_bytes();
@@ -316,6 +326,24 @@ async fn read_retrying<S: TimeSource>(
         }
     }
     store.get(LEASE_KEY)
+}
+
+/// The lease as the stored record shows it, for `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holding {
+    pub expires_at: DateTime<Utc>,
+    pub acquired_at: Option<DateTime<Utc>>,
+}
+
+/// Reads the lease record; `None` when there is none, or none of this application's.
+pub fn holding(store: &impl KeyValue) -> Result<Option<Holding>, StoreError> {
+    let record = store.get(LEASE_KEY)?;
+    Ok(record
+        .and_then(|bytes| read_record(&bytes).ok())
+        .map(|record| Holding {
+            expires_at: record.expires_at,
+            acquired_at: record.acquired_at,
+        }))
 }
 
 fn read_record(bytes: &[u8]) -> Result<LeaseRecord, LeaseError> {
@@ -435,6 +463,32 @@ mod tests {
         assert_eq!(record(&store)["epoch"], 7, "and a release");
     }
 
+    #[test]
+    fn when_the_holder_took_the_lease_is_kept_through_its_renewals() {
+        let (store, clock) = (MemoryStore::default(), clock());
+        let taken = clock.now();
+        let lease = held(&store, &clock, "a");
+        clock.advance(Duration::from_secs(200));
+        block_on(lease.renew()).unwrap();
+        let renewed = holding(&store).unwrap().unwrap();
+        assert_eq!(renewed.acquired_at, Some(taken));
+        assert_eq!(renewed.expires_at, clock.now() + chrono_duration(TTL));
+        lease.release().unwrap();
+        let released = holding(&store).unwrap().unwrap();
+        assert_eq!(
+            (released.acquired_at, released.expires_at),
+            (None, clock.now())
+        );
+        store
+            .set(
+                LEASE_KEY,
+                br#"{"holder":"old","expires_at":"2030-01-01T00:00:00Z"}"#,
+            )
+            .unwrap();
+        let older = holding(&store).unwrap().unwrap();
+        assert_eq!(older.acquired_at, None, "an earlier version's record");
+    }
+
     /// Spin's Redis store reports a swap as failed after writing, and a lost race as
     /// success: neither answer is used, so only what is read back counts.
     #[test]
@@ -448,6 +502,7 @@ mod tests {
         let other = LeaseRecord {
             holder: "racer".into(),
             expires_at: clock.now() + chrono_duration(TTL),
+            acquired_at: None,
             other: Default::default(),
         }
         .to_bytes();
@@ -474,6 +529,7 @@ mod tests {
         let theirs = LeaseRecord {
             holder: "b".into(),
             expires_at: clock.now() + chrono_duration(TTL),
+            acquired_at: None,
             other: Default::default(),
         };
         store.set(LEASE_KEY, &theirs.to_bytes()).unwrap();

@@ -148,6 +148,20 @@ pub enum Stage {
     State,
 }
 
+impl Stage {
+    /// The stage as stored and logged (its serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::RoleNotAllowed => "role_not_allowed",
+            Stage::Config => "config",
+            Stage::SecretPath => "secret_path",
+            Stage::AssumeRole => "assume_role",
+            Stage::WriteSecrets => "write_secrets",
+            Stage::State => "state",
+        }
+    }
+}
+
 /// The last failure of an account, without any credential.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LastError {
@@ -282,6 +296,21 @@ pub(crate) mod tests {
             written["accounts"]["a"]["sinks"]["vault"],
             "2030-01-01T00:00:00Z"
         );
+    }
+
+    #[test]
+    fn a_stages_name_is_its_serde_name() {
+        use Stage::*;
+        for stage in [
+            RoleNotAllowed,
+            Config,
+            SecretPath,
+            AssumeRole,
+            WriteSecrets,
+            State,
+        ] {
+            assert_eq!(serde_json::to_value(stage).unwrap(), stage.as_str());
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! the SDKs do; an answer that refuses the rotator's own credentials fails the session
 //! (see [`super::session`]). Writes pass a [`Gate`] right before they are sent.
 
+use std::cell::RefCell;
 use std::future::Future;
 
 use super::endpoints::Endpoints;
@@ -51,11 +52,18 @@ pub struct AwsClient<'c, T, S> {
     clock: &'c Clock<S>,
     endpoints: Endpoints,
     session: Session,
+    /// Requests sent since they were last taken, by service and outcome.
+    sent: RefCell<RequestCounts>,
 }
 
+/// Requests sent: (service (`sts`, `secretsmanager`, `ssm`), outcome (`ok`, or the
+/// error's [`ErrorKind::label`]), count), each pair once. A few dozen pairs at most, so
+/// a list: a map type would cost the component more code than it saves time.
+pub type RequestCounts = Vec<(&'static str, &'static str, u64)>;
+
 /// One request, before it is signed.
-struct Call<'a, B> {
-    service: &'a str,
+struct Call<B> {
+    service: &'static str,
     builder: B,
     body: Vec<u8>,
 }
@@ -73,7 +81,13 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
             clock,
             session: Session::new(identity, region),
             endpoints,
+            sent: RefCell::default(),
         }
+    }
+
+    /// The requests sent since the last call, for the deployment's counters.
+    pub fn take_request_counts(&self) -> RequestCounts {
+        self.sent.take()
     }
 
     /// Gets the rotator's credentials now (before a tick takes its lease), unless the
@@ -188,7 +202,7 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
         })
     }
 
-    fn sts_call(&self, body: Vec<u8>) -> Call<'static, impl Fn() -> http::request::Builder + '_> {
+    fn sts_call(&self, body: Vec<u8>) -> Call<impl Fn() -> http::request::Builder + '_> {
         let builder = move || {
             http::Request::post(format!("{}/", self.endpoints.sts))
                 .header(http::header::CONTENT_TYPE, sts::CONTENT_TYPE)
@@ -219,7 +233,7 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
     /// One call of a JSON 1.1 service (Secrets Manager, Parameter Store).
     async fn json_operation(
         &self,
-        service: &str,
+        service: &'static str,
         endpoint: &str,
         gate: &impl Gate,
         operation: Operation,
@@ -239,7 +253,7 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
 
     /// Signs with the session's keys and sends; an answer that refused the rotator's
     /// credentials fails the session.
-    async fn call<B>(&self, gate: &impl Gate, call: Call<'_, B>) -> Result<HttpResponse, AwsError>
+    async fn call<B>(&self, gate: &impl Gate, call: Call<B>) -> Result<HttpResponse, AwsError>
     where
         B: Fn() -> http::request::Builder,
     {
@@ -258,7 +272,7 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
         &self,
         keys: &Keys,
         gate: &impl Gate,
-        call: &Call<'_, B>,
+        call: &Call<B>,
     ) -> Result<HttpResponse, AwsError>
     where
         B: Fn() -> http::request::Builder,
@@ -266,17 +280,40 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
         let mut resent = false;
         loop {
             let offset = self.clock.offset();
-            let error = match self.send_once(keys, gate, call).await? {
-                response if response.status < 400 => return Ok(response),
-                response => self
-                    .session
-                    .redacted(parse_error_answer(&response, "an AWS")),
+            let response = match self.send_once(keys, gate, call).await {
+                Ok(response) => response,
+                Err(error) => {
+                    // Only a transport error was sent; the others never left.
+                    if let AwsError::Transport(_) = error {
+                        self.count(call.service, error.kind().label());
+                    }
+                    return Err(error);
+                }
             };
+            if response.status < 400 {
+                self.count(call.service, "ok");
+                return Ok(response);
+            }
+            let error = self
+                .session
+                .redacted(parse_error_answer(&response, "an AWS"));
+            self.count(call.service, error.kind().label());
             let corrected = self.clock.offset() != offset;
             if error.kind() != ErrorKind::ClockSkew || !corrected || resent {
                 return Err(error);
             }
             resent = true;
+        }
+    }
+
+    fn count(&self, service: &'static str, outcome: &'static str) {
+        let mut sent = self.sent.borrow_mut();
+        match sent
+            .iter_mut()
+            .find(|(s, o, _)| (*s, *o) == (service, outcome))
+        {
+            Some((_, _, count)) => *count += 1,
+            None => sent.push((service, outcome, 1)),
         }
     }
 
@@ -287,7 +324,7 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
         &self,
         keys: &Keys,
         gate: &impl Gate,
-        call: &Call<'_, B>,
+        call: &Call<B>,
     ) -> Result<HttpResponse, AwsError>
     where
         B: Fn() -> http::request::Builder,

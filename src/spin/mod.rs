@@ -10,7 +10,7 @@ mod time;
 use futures::StreamExt;
 use spin_sdk::http::{IncomingRequest, Response};
 
-use crate::api::{self, ApiRequest, Rotator};
+use crate::api::{self, ApiRequest, Body, Judgement, Rotator, Tokens};
 use crate::aws::AwsClient;
 use crate::clock::Clock;
 use crate::events::{Event, EventSink, LogLine};
@@ -114,20 +114,45 @@ async fn admin_api(request: IncomingRequest) -> Response {
         .into_iter()
         .next()
         .and_then(|value| String::from_utf8(value).ok());
-    let token = SpinVariables.get("admin_token").ok().flatten();
+    let variable = |name| SpinVariables.get(name).ok().flatten();
+    let (admin, metrics) = (variable("admin_token"), variable("metrics_token"));
+    let tokens = Tokens {
+        admin: admin.as_deref(),
+        metrics: metrics.as_deref(),
+    };
+    let judgement = Judgement {
+        rules: Settings::from_variables(&SpinVariables)
+            .ok()
+            .map(|settings| settings.rules),
+        now: time::now(),
+    };
     let head = ApiRequest {
         method: &method,
         path: &path,
         authorization: authorization.as_deref(),
     };
     let body = || read_body(request);
-    let answer = api::handle(&head, token.as_deref(), body, open_store, &SpinRotator).await;
+    let answer = api::handle(&head, tokens, &judgement, body, open_store, &SpinRotator).await;
     let mut response = Response::builder();
     response.status(answer.status);
-    if let Some(body) = answer.body {
-        response
-            .header("content-type", "application/json")
-            .body(body.to_string());
+    match answer.body {
+        Some(Body::Json(body)) => {
+            response
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        Some(Body::Text {
+            content_type,
+            headers,
+            text,
+        }) => {
+            response.header("content-type", content_type);
+            for (name, value) in headers {
+                response.header(*name, *value);
+            }
+            response.body(text);
+        }
+        None => {}
     }
     response.build()
 }

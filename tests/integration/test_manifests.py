@@ -64,6 +64,7 @@ def test_spin_toml_maps_the_variables_once_for_both_triggers():
         "aws_session_token",
         "aws_container_authorization_token",
         "admin_token",
+        "metrics_token",
     }
 
 
@@ -163,3 +164,23 @@ def test_the_local_runtime_config_leaves_the_default_store_to_spin():
     assert "key_value_store" not in config
     text = (ROOT / "runtime-config.toml").read_text()
     assert '# [key_value_store.default]\n# type = "redis"\n# url = "redis://' in text
+
+
+def test_the_prometheus_rule_is_the_rules_file_and_names_only_exposed_series():
+    """deploy/prometheus: the PrometheusRule carries exactly the plain rules file's
+    groups, and every series its expressions use is one /metrics exposes (its name is
+    in src/metrics.rs, whose unit tests check the exposition)."""
+    prometheus = ROOT / "deploy" / "prometheus"
+    rules = yaml.safe_load((prometheus / "concourse-sts-rules.yaml").read_text())
+    operator = yaml.safe_load((prometheus / "prometheusrule.yaml").read_text())
+    assert (operator["apiVersion"], operator["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule")
+    assert operator["spec"] == rules
+    exposed = set(re.findall(r'"((?:account|team|last_tick|lease|rotations|failures|aws)_[a-z_]*)"', (ROOT / "src" / "metrics.rs").read_text()))
+    used = set()
+    for rule in rules["groups"][0]["rules"]:
+        used |= set(re.findall(r"concourse_sts_([a-z_]+)", rule["expr"]))
+        for annotation in ("summary", "description", "runbook"):
+            assert annotation in rule["annotations"], (rule["alert"], annotation)
+        if "account" in rule["expr"]:
+            assert "{{ $labels.account }}" in rule["annotations"]["description"], rule["alert"]
+    assert used and used <= exposed, used - exposed

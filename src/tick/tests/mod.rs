@@ -1,6 +1,7 @@
 //! The tick against the shared fake AWS, an in-memory store and a hand-driven clock:
 //! the engine's behaviour without the runtime, one file per concern.
 
+mod counters;
 mod failures;
 mod lease;
 mod rotation;

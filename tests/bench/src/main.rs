@@ -10,7 +10,10 @@
 //! - Redis: latency mode with Redis as the store;
 //! - Parameter Store: latency mode writing into Parameter Store (`secret_sink = ssm`);
 //! - quota: the fake enforces 50 Secrets Manager writes per second, the component paces
-//!   at its default 40.
+//!   at its default 40;
+//! - scrape: `GET /metrics` of 2,000 teams / 10,000 accounts on SQLite
+//!   (`tests/bench/scrape.py`, on the integration tests' Spin harness, with this
+//!   driver's fake AWS).
 //!
 //! It prints its figures, then one JSON object with all of them (keys sorted) as its
 //! last line. A mode whose tick did not rotate every account gets `null`, and a line
@@ -73,6 +76,9 @@ struct Args {
     /// Skip the Parameter Store mode.
     #[arg(long)]
     skip_ssm: bool,
+    /// Skip the scrape mode (GET /metrics of 2,000 teams / 10,000 accounts).
+    #[arg(long)]
+    skip_scrape: bool,
     /// Internal: serve the fake AWS and print its port.
     #[arg(long, hide = true)]
     serve_fake: bool,
@@ -546,6 +552,46 @@ async fn quota_mode(bench: &mut Bench, report: &mut Report) -> anyhow::Result<()
     Ok(())
 }
 
+/// The figures the scrape mode reports.
+const SCRAPE_FIGURES: [&str; 5] = [
+    "metrics_scrape_ms",
+    "metrics_scrape_bytes",
+    "metrics_scrape_series",
+    "metrics_scrape_teams",
+    "metrics_scrape_accounts",
+];
+
+/// `GET /metrics` of 2,000 teams / 10,000 accounts on SQLite, measured by
+/// `tests/bench/scrape.py` (next to the manifest's project) with this driver's fake AWS.
+async fn scrape_mode(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
+    let mut figures = serde_json::Map::new();
+    if bench.args.skip_scrape {
+        report.line("scrape mode: skipped".into());
+    } else {
+        eprintln!("scrape mode");
+        let project = bench.args.manifest.parent().unwrap_or(Path::new("."));
+        let output = tokio::process::Command::new("python3")
+            .arg(project.join("tests/bench/scrape.py"))
+            .arg("--driver")
+            .arg(std::env::current_exe()?)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .await
+            .context("running tests/bench/scrape.py with python3")?;
+        anyhow::ensure!(output.status.success(), "the scrape mode failed");
+        let text = String::from_utf8(output.stdout)?;
+        let mut lines: Vec<&str> = text.lines().collect();
+        figures = serde_json::from_str(lines.pop().context("no figures")?)?;
+        lines
+            .into_iter()
+            .for_each(|line| report.line(line.to_owned()));
+    }
+    for key in SCRAPE_FIGURES {
+        report.set(key, figures.remove(key).unwrap_or(Value::Null));
+    }
+    Ok(())
+}
+
 async fn bench(mut args: Args, root: &Path) -> anyhow::Result<()> {
     let app = App::load(&args.manifest)?;
     // LD_PRELOAD needs an absolute path: spin up runs in another folder.
@@ -627,6 +673,7 @@ async fn bench(mut args: Args, root: &Path) -> anyhow::Result<()> {
     } else {
         quota_mode(&mut bench, &mut report).await?;
     }
+    scrape_mode(&bench, &mut report).await?;
 
     report.line(format!(
         "machine: {} cores, load average {load_at_start} at the start, {} at the end",
