@@ -26,14 +26,18 @@ pub mod pace;
 pub mod retry;
 pub mod roles;
 pub mod settings;
+pub mod sink;
 pub mod state;
 pub mod store;
 pub mod template;
 pub mod tick;
 pub mod timing;
+pub mod vault;
 
 #[cfg(target_arch = "wasm32")]
 mod spin;
 
 #[cfg(test)]
 mod fake_aws;
+#[cfg(test)]
+mod fake_vault;

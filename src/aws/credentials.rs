@@ -75,15 +75,27 @@ impl AssumedCredentials {
 
     /// The single-secret layout: one JSON object, so a reader can never see a mix.
     pub fn json_document(&self) -> SecretString {
+        serde_json::Value::Object(self.json_object())
+            .to_string()
+            .into()
+    }
+
+    /// The fields of [`AssumedCredentials::json_document`], for a store that keeps
+    /// fields (Vault). The values are credentials: the object is dropped once written.
+    pub fn json_object(&self) -> serde_json::Map<String, serde_json::Value> {
         let [access_key_id, secret_access_key, session_token] = self.secret_values();
-        serde_json::json!({
-            "access_key_id": access_key_id,
-            "secret_access_key": secret_access_key,
-            "session_token": session_token,
-            "expiration": self.expiration.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        })
-        .to_string()
-        .into()
+        serde_json::Map::from_iter([
+            ("access_key_id".to_owned(), access_key_id.into()),
+            ("secret_access_key".to_owned(), secret_access_key.into()),
+            ("session_token".to_owned(), session_token.into()),
+            ("expiration".to_owned(), self.expiration_text().into()),
+        ])
+    }
+
+    /// The expiration as the secrets state it: RFC 3339, whole seconds, UTC.
+    pub fn expiration_text(&self) -> String {
+        self.expiration
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     }
 }
 

@@ -214,10 +214,10 @@ fn plan_account(
         .check_duration(account.duration_seconds)
         .map_err(|reason| refused(name, account, Stage::Config, None, reason))?;
     let path = rules.template.render(name, &account.name);
-    if let Some(problem) = path.problem(rules.secret_format, rules.sink) {
+    if let Some(problem) = rules.sink.path_problem(&path, rules.secret_format) {
         return Err(refused(name, account, Stage::SecretPath, None, problem));
     }
-    let fingerprint = fingerprint(account, &path, rules.secret_format, rules.sink);
+    let fingerprint = fingerprint(account, &path, rules.secret_format, &rules.sink);
     let written_before =
         state.is_some_and(|s| s.written_at.is_some() && s.fingerprint == fingerprint);
     let decision = match decide(state, &fingerprint, now, reset_backoff) {
