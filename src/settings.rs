@@ -10,6 +10,7 @@ use crate::aws::endpoints::{check_endpoint, EndpointOverrides, Endpoints};
 use crate::aws::ssm;
 use crate::aws::{CredentialsSource, RotatorCredentials, RotatorIdentity};
 use crate::config::is_role_arn;
+use crate::names::name_problem;
 use crate::retry::RetryPolicy;
 use crate::roles::AllowedRoles;
 use crate::sink::{SecretSinks, Sink};
@@ -344,17 +345,11 @@ fn vault_auth(read: &Reader<'_, impl Variables>) -> anyhow::Result<VaultAuth> {
     })
 }
 
-/// A mount path such as `concourse` or `secret/concourse`: segments of ASCII letters,
-/// digits, `_`, `.` and `-`, without a leading or trailing `/`.
+/// A mount path such as `concourse` or `secret/concourse`: segments of the name alphabet
+/// (ASCII letters, digits, `_`, `.` and `-`), separated by `/`.
 fn mount_path(variable: &str, path: String) -> anyhow::Result<String> {
-    let valid = path.split('/').all(|segment| {
-        !matches!(segment, "" | "." | "..")
-            && segment
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-    });
-    if !valid {
-        bail!("variable {variable} must be a Vault path such as concourse or secret/concourse (letters, digits, '_', '.', '-', segments separated by '/'), got {path:?}");
+    if let Some(problem) = path.split('/').find_map(|segment| name_problem(segment, 1)) {
+        bail!("variable {variable} must be a Vault path such as concourse or secret/concourse: each segment {problem}; got {path:?}");
     }
     Ok(path)
 }

@@ -84,12 +84,13 @@ impl AssumedCredentials {
     /// fields (Vault). The values are credentials: the object is dropped once written.
     pub fn json_object(&self) -> serde_json::Map<String, serde_json::Value> {
         let [access_key_id, secret_access_key, session_token] = self.secret_values();
-        serde_json::Map::from_iter([
-            ("access_key_id".to_owned(), access_key_id.into()),
-            ("secret_access_key".to_owned(), secret_access_key.into()),
-            ("session_token".to_owned(), session_token.into()),
-            ("expiration".to_owned(), self.expiration_text().into()),
-        ])
+        // Inserted one by one: `from_iter` would bring a sort into the component.
+        let mut object = serde_json::Map::new();
+        object.insert("access_key_id".into(), access_key_id.into());
+        object.insert("secret_access_key".into(), secret_access_key.into());
+        object.insert("session_token".into(), session_token.into());
+        object.insert("expiration".into(), self.expiration_text().into());
+        object
     }
 
     /// The expiration as the secrets state it: RFC 3339, whole seconds, UTC.

@@ -69,23 +69,22 @@ impl FromStr for SecretSinks {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let mut sinks = Vec::new();
+        let mut listed = [false; Sink::ALL.len()];
         for item in text.split(',').map(str::trim) {
-            match item {
-                "both" => sinks.extend([Sink::SecretsManager, Sink::ParameterStore]),
-                name => sinks.push(
-                    Sink::ALL
-                        .into_iter()
-                        .find(|sink| sink.name() == name)
-                        .ok_or_else(|| {
-                            format!("secret_sink {text:?}: {name:?} is not a sink; list secretsmanager, ssm and vault, comma separated (both = secretsmanager,ssm)")
-                        })?,
-                ),
+            let named =
+                |sink: &Sink| item == sink.name() || (item == "both" && *sink != Sink::Vault);
+            let found = Sink::ALL.iter().filter(|sink| named(sink));
+            let mut any = false;
+            for sink in found {
+                listed[*sink as usize] = true;
+                any = true;
+            }
+            if !any {
+                return Err(format!("secret_sink {text:?}: {item:?} is not a sink; list secretsmanager, ssm and vault, comma separated (both = secretsmanager,ssm)"));
             }
         }
-        sinks.sort();
-        sinks.dedup();
-        Ok(Self(sinks))
+        let sinks = Sink::ALL.into_iter().filter(|sink| listed[*sink as usize]);
+        Ok(Self(sinks.collect()))
     }
 }
 

@@ -68,13 +68,12 @@ impl<T: Transport, S: TimeSource, G: Gate> SinkWriter for VaultWriter<'_, T, S, 
 fn data(request: &WriteRequest<'_>) -> Object {
     let credentials = request.credentials;
     match request.secret.content {
-        Content::Field(_) => Object::from_iter([
-            ("value".to_owned(), request.text().expose_secret().into()),
-            (
-                "expiration".to_owned(),
-                credentials.expiration_text().into(),
-            ),
-        ]),
+        Content::Field(_) => {
+            let mut data = Object::new();
+            data.insert("value".into(), request.text().expose_secret().into());
+            data.insert("expiration".into(), credentials.expiration_text().into());
+            data
+        }
         Content::Document => credentials.json_object(),
     }
 }

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use aws_smithy_types::base64;
 use secrecy::SecretString;
 use serde_json::json;
 
@@ -72,9 +71,9 @@ pub fn aws(signed: &http::Request<Vec<u8>>, role: Option<&str>) -> serde_json::V
     let headers = serde_json::Value::Object(headers).to_string();
     let mut body = json!({
         "iam_http_request_method": signed.method().as_str(),
-        "iam_request_url": base64::encode(signed.uri().to_string()),
-        "iam_request_body": base64::encode(signed.body()),
-        "iam_request_headers": base64::encode(headers),
+        "iam_request_url": base64(signed.uri().to_string().as_bytes()),
+        "iam_request_body": base64(signed.body()),
+        "iam_request_headers": base64(headers.as_bytes()),
     });
     if let Some(role) = role {
         body["role"] = role.into();
@@ -82,10 +81,47 @@ pub fn aws(signed: &http::Request<Vec<u8>>, role: Option<&str>) -> serde_json::V
     body
 }
 
+/// Standard base64 with padding, as Vault decodes the login's fields (a few lines
+/// instead of a crate, for the component's size).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut text = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let bits = (chunk.iter().enumerate()).fold(0u32, |bits, (i, byte)| {
+            bits | u32::from(*byte) << (16 - 8 * i)
+        });
+        for i in 0..4 {
+            let sextet = (bits >> (18 - 6 * i)) as usize & 63;
+            text.push(match i <= chunk.len() {
+                true => char::from(ALPHABET[sextet]),
+                false => '=',
+            });
+        }
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_smithy_types::base64 as reference;
     use secrecy::ExposeSecret;
+
+    #[test]
+    fn base64_is_rfc_4648s() {
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (text, encoded) in cases {
+            assert_eq!(base64(text.as_bytes()), encoded);
+        }
+        let every_byte: Vec<u8> = (0..=255).collect();
+        assert_eq!(reference::decode(base64(&every_byte)).unwrap(), every_byte);
+    }
 
     #[test]
     fn logins_and_renewals_grant_a_token_with_its_ttl() {
@@ -122,7 +158,7 @@ mod tests {
         let body = aws(&signed, Some("concourse-sts"));
         let decode = |field: &str| {
             let text = body[field].as_str().unwrap();
-            String::from_utf8(base64::decode(text).unwrap()).unwrap()
+            String::from_utf8(reference::decode(text).unwrap()).unwrap()
         };
         assert_eq!(body["iam_http_request_method"], "POST");
         assert_eq!(body["role"], "concourse-sts");

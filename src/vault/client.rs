@@ -168,7 +168,8 @@ impl<'c, T: Transport, S: TimeSource> VaultClient<'c, T, S> {
     async fn detect(&self) -> Result<KvLayout, AwsError> {
         let mount = &self.settings.mount;
         let request = VaultRequest::get(format!("sys/internal/ui/mounts/{mount}"));
-        let answer = match self.send(&(), request).await {
+        let token = self.token().await?;
+        let answer = match self.exchange(Some(&token.value), &request).await {
             Ok(answer) => answer::object(&answer, "Vault's mount")?,
             Err(error) if error.kind() == ErrorKind::NotFound => answer::Object::new(),
             Err(error) => return Err(error),
