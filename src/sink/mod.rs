@@ -38,6 +38,24 @@ impl Sink {
         }
     }
 
+    /// The operation a failed attempt to write into it is reported as.
+    pub fn operation(self) -> &'static str {
+        match self {
+            Sink::SecretsManager => "write_secret",
+            Sink::ParameterStore => "put_parameter",
+            Sink::Vault => "vault_write",
+        }
+    }
+
+    /// A secret's name in a log line about this sink: Secrets Manager's as it is, the
+    /// others' marked with the sink.
+    pub fn describe(self, name: &str) -> String {
+        match self {
+            Sink::SecretsManager => name.to_owned(),
+            other => format!("{name} ({})", other.name()),
+        }
+    }
+
     /// Why this sink could not take a secret of this name, phrased to stand alone.
     pub fn name_problem(self, name: &str) -> Option<String> {
         match self {
@@ -239,11 +257,10 @@ pub struct Note {
 pub trait SinkWriter {
     fn sink(&self) -> Sink;
 
-    /// The operation a failed attempt of [`SinkWriter::write`] is reported as.
-    fn operation(&self) -> &'static str;
-
     /// How a secret's name reads in a log line about this sink.
-    fn describe(&self, name: &str) -> String;
+    fn describe(&self, name: &str) -> String {
+        self.sink().describe(name)
+    }
 
     /// One attempt to write one secret; the executor retries it in the standard mode.
     fn write<'a>(

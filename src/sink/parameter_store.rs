@@ -22,14 +22,6 @@ impl<T: Transport, S: TimeSource, G: Gate> SinkWriter for ParameterStoreWriter<'
         Sink::ParameterStore
     }
 
-    fn operation(&self) -> &'static str {
-        "put_parameter"
-    }
-
-    fn describe(&self, name: &str) -> String {
-        format!("{name} (ssm)")
-    }
-
     fn write<'a>(
         &'a self,
         request: &'a WriteRequest<'a>,

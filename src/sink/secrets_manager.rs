@@ -20,14 +20,6 @@ impl<T: Transport, S: TimeSource, G: Gate> SinkWriter for SecretsManagerWriter<'
         Sink::SecretsManager
     }
 
-    fn operation(&self) -> &'static str {
-        "write_secret"
-    }
-
-    fn describe(&self, name: &str) -> String {
-        name.to_owned()
-    }
-
     fn write<'a>(
         &'a self,
         request: &'a WriteRequest<'a>,

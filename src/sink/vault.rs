@@ -24,14 +24,10 @@ impl<T: Transport, S: TimeSource, G: Gate> SinkWriter for VaultWriter<'_, T, S, 
         Sink::Vault
     }
 
-    fn operation(&self) -> &'static str {
-        "vault_write"
-    }
-
     fn describe(&self, name: &str) -> String {
         match KvKey::of(name) {
             Ok(key) => self.client.describe(&key),
-            Err(_) => format!("{name} (vault)"),
+            Err(_) => self.sink().describe(name),
         }
     }
 

@@ -254,7 +254,9 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Executor<'_, T, S, K> {
             let sent = writer.write(request);
             async { sent.await.map_err(|error| error.redacted(&values)) }
         };
-        let landed = self.retried(job, writer.operation(), name, attempt).await?;
+        let landed = self
+            .retried(job, writer.sink().operation(), name, attempt)
+            .await?;
         if let Some(note) = landed.note {
             let failed = FailedAttempt {
                 attempt: 1,
