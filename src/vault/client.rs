@@ -105,8 +105,10 @@ impl<'c, T: Transport, S: TimeSource> VaultClient<'c, T, S> {
         format!("{}/{} (vault)", self.settings.mount, key.as_str())
     }
 
-    /// Sends one request with the tick's token; a write waits at `gate` right before it
-    /// goes out. A 403 for a token Vault no longer knows is sent once more with a new one.
+    /// Sends one request with the tick's token; a write first waits at `gate` (its pace,
+    /// then the lease), and only then takes the token, which a long wait in the pace could
+    /// otherwise have let expire. A 403 for a token Vault no longer knows is sent once
+    /// more with a new one.
     pub async fn send(
         &self,
         gate: &impl Gate,
@@ -114,10 +116,10 @@ impl<'c, T: Transport, S: TimeSource> VaultClient<'c, T, S> {
     ) -> Result<HttpResponse, AwsError> {
         let mut replaced = false;
         loop {
-            let token = self.token().await?;
             if request.is_write() {
                 gate.admit().await.map_err(AwsError::Halted)?;
             }
+            let token = self.token().await?;
             match self.exchange(Some(&token.value), &request).await {
                 Err(error) if denied(&error) && !replaced && self.forgotten(&token).await => {
                     replaced = true;

@@ -18,6 +18,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from emulator import HOME_ACCOUNT, OTHER_ACCOUNT, account, digest, team, three_accounts
+from spin import free_port
 from vault import (
     ROLE_ID,
     SECRET_ID,
@@ -484,3 +485,38 @@ def test_the_harness_aws_login_refuses_what_vault_refuses(aws, vault):
         "error validating X-Vault-AWS-IAM-Server-ID header: expected 'vault.example.com'",
         "error making upstream request: STS refused the signed request",
     ]
+
+
+def test_a_token_that_ends_mid_tick_is_renewed_then_replaced(aws, vault):
+    """Logins good for 4 s, renewable up to 8 s, and a tick paced to last longer (18
+    writes at one a second): the
+    token is renewed once two thirds of it are spent and replaced by a new login when its
+    maximum is near, and no write meets an expired token."""
+    teams = three_accounts(aws)
+    keys = rotator(aws)
+    vault.provision(version=2, ttl="4s", max_ttl="8s")
+    front = vault.front()
+    run = aws.run(vault.variables(keys, front, vault_writes_per_second="1"), teams)
+    assert run.returncode == 0, run.output
+    assert run.rotated() == ROTATED
+    assert run.of("attempt_failed") == [], "no write met an expired token"
+    [finished] = run.of("tick_finished")
+    assert finished["elapsed_ms"] > 9000, finished
+    assert len(front.of("POST auth/token/renew-self")) >= 1
+    assert len(front.of("POST auth/approle/login")) >= 2
+    assert_readable(vault)
+
+
+def test_an_unreachable_vault_fails_its_accounts_not_the_tick(aws, vault):
+    teams = three_accounts(aws)
+    keys = rotator(aws)
+    vault.provision(version=2)
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    variables = vault.variables(keys, vault.front(), secret_sink="secretsmanager,vault", vault_url=nowhere)
+    run = aws.run(variables, teams)
+    assert run.returncode == 1, run.output
+    assert not run.trapped and not run.of("tick_failed"), run.output
+    failed = run.of("account_failed")
+    assert {(e["team"], e["account"]) for e in failed} == ROTATED
+    assert all(e["retryable"] and "transport error" in e["error"] for e in failed), failed
+    aws.assert_working({f"/concourse/{t}/{a}": arn for (t, a), arn in ACCOUNTS.items()})

@@ -84,6 +84,34 @@ fn a_token_nearing_its_end_is_renewed_then_replaced() {
     assert_eq!(aws.vault.count("GET auth/token/lookup-self"), 0);
 }
 
+/// A write that waits long in its pace (found on the real OpenBao: tokens of 4 s, writes
+/// at one a second) takes its token after the wait, so it never goes out expired.
+#[test]
+fn a_write_takes_its_token_after_waiting_in_the_pace() {
+    struct Paced<'a>(&'a FakeAws);
+    impl Gate for Paced<'_> {
+        async fn admit(&self) -> Result<(), String> {
+            self.0.clock.advance(SECONDS(5));
+            Ok(())
+        }
+    }
+    let aws = FakeAws::default();
+    aws.vault.token_ttl.set(4);
+    let client = rotator(&aws);
+    let vault = vault(&aws, &client, fake_vault::approle());
+    write(&vault, "concourse/data/a").unwrap();
+    for key in ["b", "c"] {
+        let body = json!({"data": {"value": "v"}, "options": {"cas": 0}});
+        let request = VaultRequest::post(format!("concourse/data/{key}"), body);
+        block_on(vault.send(&Paced(&aws), request)).unwrap();
+    }
+    assert_eq!(
+        aws.vault.count("GET auth/token/lookup-self"),
+        0,
+        "no 403 met"
+    );
+}
+
 /// Vault restarted from scratch (or the token revoked): a 403 that the token's own
 /// lookup confirms gets a new login and the request again; a policy's 403 does not.
 #[test]
