@@ -161,9 +161,8 @@ where
         status: 400,
         code: CAS_MISMATCH.to_owned(),
         message: format!(
-            "another writer wrote {} twice while this one did ({})",
-            layout.data(write.key),
-            "check-and-set"
+            "check-and-set: another writer wrote {} twice while this one wrote it",
+            layout.data(write.key)
         ),
         request_id: None,
         kind: ErrorKind::Transient,
