@@ -561,27 +561,6 @@ fn text(response: &ApiResponse) -> (&'static str, &'static [(&'static str, &'sta
     }
 }
 
-/// Standard base64, as CSP hashes are written.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..4 {
-            let symbol = if i <= chunk.len() {
-                ALPHABET[(n >> (18 - 6 * i) & 63) as usize]
-            } else {
-                b'='
-            };
-            out.push(symbol as char);
-        }
-    }
-    out
-}
-
 #[test]
 fn the_page_needs_no_token_and_its_policy_allows_its_own_script_and_style_only() {
     let response = overview_call(Tokens::default(), "/", None);
@@ -597,7 +576,7 @@ fn the_page_needs_no_token_and_its_policy_allows_its_own_script_and_style_only()
     for tag in ["script", "style"] {
         let inline = page.split(&format!("<{tag}>")).nth(1).unwrap();
         let inline = inline.split(&format!("</{tag}>")).next().unwrap();
-        let hash = base64(&Sha256::digest(inline.as_bytes()));
+        let hash = aws_smithy_types::base64::encode(Sha256::digest(inline.as_bytes()));
         assert!(
             policy.contains(&format!("{tag}-src 'sha256-{hash}'")),
             "the page's {tag} changed: its hash is now sha256-{hash}"
@@ -607,7 +586,6 @@ fn the_page_needs_no_token_and_its_policy_allows_its_own_script_and_style_only()
         assert!(!page.contains(outside), "{outside} in the page");
     }
     assert!(page.contains("sessionStorage") && !page.contains("localStorage"));
-    assert_eq!(base64(b"ab"), "YWI=");
 }
 
 #[test]

@@ -10,9 +10,9 @@ use std::future::Future;
 use super::endpoints::Endpoints;
 use super::error::{parse_error_answer, ErrorKind};
 use super::identity::{self, IdentityError, RotatorIdentity, SessionCredentials};
-use super::secrets::{self, Operation, SecretWrite};
+use super::secrets::{self, Operation};
 use super::session::{Keys, Session};
-use super::ssm::{self, Expectation, ParameterWrite, ParameterWritten};
+use super::ssm;
 use super::sts::{self, AssumeRole};
 use super::transport::{HttpResponse, Transport};
 use super::{AssumedCredentials, AwsError};
@@ -34,15 +34,6 @@ impl Gate for () {
     async fn admit(&self) -> Result<(), String> {
         Ok(())
     }
-}
-
-/// How a secret write ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Written {
-    /// A new version of an existing secret.
-    Updated,
-    /// The secret did not exist and was created.
-    Created,
 }
 
 /// The rotator identity's view of AWS: signed calls to STS, Secrets Manager and
@@ -123,44 +114,45 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
         sts::parse_assume_role(&response).map_err(|error| self.session.redacted(error))
     }
 
-    /// Writes one secret: a new version if it exists, else the secret itself. Both
-    /// carry the write's request token, so a retried write never adds a second version.
-    pub async fn write_secret(
+    /// Sends one Secrets Manager operation through `gate` (see [`secrets::write_secret`]).
+    pub async fn secrets_manager(
         &self,
         gate: &impl Gate,
-        write: &SecretWrite<'_>,
-    ) -> Result<Written, AwsError> {
-        let put = || self.secrets_manager(gate, secrets::put_secret_value(write));
-        match put().await {
-            Err(error) if error.kind() == ErrorKind::NotFound => {}
-            other => return other.map(|()| Written::Updated),
-        }
-        match self
-            .secrets_manager(gate, secrets::create_secret(write))
+        operation: Operation,
+    ) -> Result<HttpResponse, AwsError> {
+        let endpoint = &self.endpoints.secrets_manager;
+        self.json_operation("secretsmanager", endpoint, gate, operation)
             .await
-        {
-            // Another writer created it in between: our value still has to land.
-            Err(error) if error.kind() == ErrorKind::AlreadyExists => {
-                put().await.map(|()| Written::Updated)
-            }
-            other => other.map(|()| Written::Created),
-        }
     }
 
-    /// Writes one parameter in the fewest calls for what the caller expects (see
-    /// [`ssm::write_parameter`]).
-    pub async fn write_parameter(
+    /// Sends one Parameter Store operation through `gate` (see [`ssm::write_parameter`]).
+    pub async fn parameter_store(
         &self,
         gate: &impl Gate,
-        write: &ParameterWrite<'_>,
-        expectation: Expectation,
-    ) -> Result<ParameterWritten, AwsError> {
-        let send =
-            |operation| self.json_operation(ssm::SERVICE, &self.endpoints.ssm, gate, operation);
-        match ssm::write_parameter(write, expectation, send).await {
-            Ok(written) => Ok(self.session.scrubbing(|secrets| written.redacted(secrets))),
-            Err(error) => Err(self.session.redacted(error)),
-        }
+        operation: Operation,
+    ) -> Result<HttpResponse, AwsError> {
+        self.json_operation(ssm::SERVICE, &self.endpoints.ssm, gate, operation)
+            .await
+    }
+
+    /// An `sts:GetCallerIdentity` request to the STS endpoint, with `headers` added and
+    /// signed as the rotator, and not sent: Vault's AWS auth method replays it to STS to
+    /// learn who is logging in (see [`crate::vault`]).
+    pub async fn signed_caller_identity(
+        &self,
+        headers: &[(&str, &str)],
+    ) -> Result<http::Request<Vec<u8>>, AwsError> {
+        let keys = self.keys().await.map_err(AwsError::Credentials)?;
+        let call = self.sts_call(sts::GET_CALLER_IDENTITY.as_bytes().to_vec());
+        let mut request = unsigned(&call, headers)?;
+        keys.signer
+            .sign(call.service, &mut request, self.clock.now().into())?;
+        Ok(request)
+    }
+
+    /// `error` with every credential value of the rotator's session replaced.
+    pub fn redacted(&self, error: AwsError) -> AwsError {
+        self.session.redacted(error)
     }
 
     /// Why the rotator's credentials could not be had, or were refused, once they were.
@@ -216,18 +208,6 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
 
     async fn sts(&self, gate: &impl Gate, body: Vec<u8>) -> Result<HttpResponse, AwsError> {
         self.call(gate, self.sts_call(body)).await
-    }
-
-    async fn secrets_manager(
-        &self,
-        gate: &impl Gate,
-        operation: Operation,
-    ) -> Result<(), AwsError> {
-        let endpoint = &self.endpoints.secrets_manager;
-        let response = self
-            .json_operation("secretsmanager", endpoint, gate, operation)
-            .await?;
-        secrets::check_write(&response).map_err(|error| self.session.redacted(error))
     }
 
     /// One call of a JSON 1.1 service (Secrets Manager, Parameter Store).
@@ -318,8 +298,7 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
     }
 
     /// One signed request through the gate; the answer's `Date` is learned, whatever
-    /// the answer says. `content-length` is always set: without it Spin's outbound HTTP
-    /// sends the body chunked, which AWS SDKs never do.
+    /// the answer says.
     async fn send_once<B>(
         &self,
         keys: &Keys,
@@ -329,10 +308,7 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
     where
         B: Fn() -> http::request::Builder,
     {
-        let mut request = (call.builder)()
-            .header(http::header::CONTENT_LENGTH, call.body.len())
-            .body(call.body.clone())
-            .map_err(|error| AwsError::Request(error.to_string()))?;
+        let mut request = unsigned(call, &[])?;
         gate.admit().await.map_err(AwsError::Halted)?;
         keys.signer
             .sign(call.service, &mut request, self.clock.now().into())?;
@@ -350,10 +326,28 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
     }
 }
 
+/// The request of `call` with `headers` added, before it is signed. `content-length` is
+/// always set: without it Spin's outbound HTTP sends the body chunked, which AWS SDKs
+/// never do.
+fn unsigned<B>(call: &Call<B>, headers: &[(&str, &str)]) -> Result<http::Request<Vec<u8>>, AwsError>
+where
+    B: Fn() -> http::request::Builder,
+{
+    let mut builder = (call.builder)();
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder
+        .header(http::header::CONTENT_LENGTH, call.body.len())
+        .body(call.body.clone())
+        .map_err(|error| AwsError::Request(error.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::aws::identity::CredentialsSource;
+    use crate::aws::secrets::{write_secret, SecretWrite, Written};
     use crate::aws::RotatorCredentials;
     use crate::clock::tests::ManualTime;
     use crate::fake_aws::FakeAws;
@@ -402,7 +396,7 @@ mod tests {
             request_token: "token".into(),
             description: String::new(),
         };
-        client.write_secret(&(), &write).await
+        write_secret(&write, |operation| client.secrets_manager(&(), operation)).await
     }
 
     fn signed(aws: &FakeAws) -> Vec<(String, String)> {
@@ -517,7 +511,10 @@ mod tests {
             request_token: "token".into(),
             description: String::new(),
         };
-        let error = futures::executor::block_on(client.write_secret(&Closed, &write)).unwrap_err();
+        let sent = write_secret(&write, |operation| {
+            client.secrets_manager(&Closed, operation)
+        });
+        let error = futures::executor::block_on(sent).unwrap_err();
         assert_eq!(error.kind(), ErrorKind::Halted);
         assert!(error.to_string().contains("tick-other"));
         assert!(signed(&aws).is_empty(), "nothing was sent");

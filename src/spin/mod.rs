@@ -17,6 +17,7 @@ use crate::events::{Event, EventSink, LogLine};
 use crate::settings::{self, Settings, Variables};
 use crate::store::Prefixed;
 use crate::tick::{Engine, TickSummary};
+use crate::vault::VaultClient;
 use http::SpinTransport;
 use store::SpinStore;
 use time::WasiTime;
@@ -82,6 +83,12 @@ async fn rotate(log: &StdoutLog, team: Option<&str>) -> anyhow::Result<TickSumma
         &settings.region,
         settings.endpoints,
     );
+    let vault = settings.vault.map(|vault| {
+        let transport = SpinTransport {
+            timeout: settings.rules.request_timeout,
+        };
+        VaultClient::new(transport, &clock, &client, vault)
+    });
     let engine = Engine {
         client: &client,
         clock: &clock,
@@ -89,6 +96,7 @@ async fn rotate(log: &StdoutLog, team: Option<&str>) -> anyhow::Result<TickSumma
         sink: log,
         rules: &settings.rules,
         tick: &log.tick,
+        vault: vault.as_ref(),
     };
     match team {
         None => engine.run_tick().await,

@@ -23,7 +23,12 @@ use crate::lease::{Acquired, Lease, LeaseError, LeasePolicy};
 use crate::pace::WritePacer;
 use crate::retry::with_retries;
 use crate::settings::RotationRules;
+use crate::sink::parameter_store::ParameterStoreWriter;
+use crate::sink::secrets_manager::SecretsManagerWriter;
+use crate::sink::vault::VaultWriter;
+use crate::sink::{Sink, SinkWriter};
 use crate::store::{KeyValue, StoreError};
+use crate::vault::VaultClient;
 
 use execute::{Executor, Outcome, Stop, WriteGate};
 use load::{load, Loaded};
@@ -122,6 +127,8 @@ pub struct Engine<'a, T, S, K> {
     /// This tick's id, unique among ticks: the lease's holder, and the `tick` of its log
     /// lines.
     pub tick: &'a str,
+    /// Vault's client, when `secret_sink` lists `vault`.
+    pub vault: Option<&'a VaultClient<'a, T, S>>,
 }
 
 impl<T: Transport, S: TimeSource, K: KeyValue> Engine<'_, T, S, K> {
@@ -137,6 +144,9 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Engine<'_, T, S, K> {
     }
 
     async fn run(&self, scope: Scope<'_>) -> anyhow::Result<TickSummary> {
+        if self.rules.sink.contains(Sink::Vault) && self.vault.is_none() {
+            anyhow::bail!("secret_sink lists vault, but no Vault client was set up");
+        }
         let started = self.clock.instant();
         let loaded = load(self.store).context("reading teams and state")?;
         if let Some(idle) = self.idle(&loaded, scope, started).await? {
@@ -154,6 +164,10 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Engine<'_, T, S, K> {
             }
         };
         let result = self.rotate(scope, started, &lease).await;
+        // The tick's own Vault token (never the operator's) is given back.
+        if let Some(vault) = self.vault {
+            vault.close().await;
+        }
         lease.release().context("releasing the lease")?;
         // Said once the lease is given back: a host stopped right after this line leaves
         // no lease to wait for.
@@ -277,13 +291,32 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Engine<'_, T, S, K> {
             pacer: WritePacer::new(self.clock, per_second),
             lease,
         };
+        let secrets_manager = SecretsManagerWriter {
+            client: self.client,
+            gate: gate(self.rules.writes_per_second),
+        };
+        let parameter_store = ParameterStoreWriter {
+            client: self.client,
+            gate: gate(self.rules.ssm_writes_per_second),
+            key_id: self.rules.ssm_key_id.as_deref(),
+        };
+        let vault = self.vault.map(|client| VaultWriter {
+            client,
+            gate: gate(client.writes_per_second()),
+        });
+        let writers: Vec<&dyn SinkWriter> = (self.rules.sink.sinks().iter())
+            .filter_map(|sink| match sink {
+                Sink::SecretsManager => Some(&secrets_manager as &dyn SinkWriter),
+                Sink::ParameterStore => Some(&parameter_store as &dyn SinkWriter),
+                Sink::Vault => vault.as_ref().map(|vault| vault as &dyn SinkWriter),
+            })
+            .collect();
         let executor = Executor {
             client: self.client,
             clock: self.clock,
             rules: self.rules,
             sink: self.sink,
-            secrets_manager: gate(self.rules.writes_per_second),
-            parameter_store: gate(self.rules.ssm_writes_per_second),
+            writers: &writers,
             lease,
             deadline,
         };

@@ -208,7 +208,7 @@ fn plan_account(
 ) -> Result<Job, Box<Event>> {
     let name = &team.document.name;
     let path = admit(name, account, rules)?;
-    let fingerprint = fingerprint(account, &path, rules.secret_format, rules.sink);
+    let fingerprint = fingerprint(account, &path, rules.secret_format, &rules.sink);
     let written_before =
         state.is_some_and(|s| s.written_at.is_some() && s.fingerprint == fingerprint);
     let decision = match decide(state, &fingerprint, now, reset_backoff) {
@@ -261,7 +261,7 @@ pub fn admit(
         .check_duration(account.duration_seconds)
         .map_err(|reason| refused(team, account, Stage::Config, None, reason))?;
     let path = rules.template.render(team, &account.name);
-    if let Some(problem) = path.problem(rules.secret_format, rules.sink) {
+    if let Some(problem) = rules.sink.path_problem(&path, rules.secret_format) {
         return Err(refused(team, account, Stage::SecretPath, None, problem));
     }
     Ok(path)

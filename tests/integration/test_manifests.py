@@ -41,7 +41,7 @@ def check_manifest(path):
     used_in_hosts = set()
     for host in component["allowed_outbound_hosts"]:
         used_in_hosts |= set(TEMPLATE.findall(host))
-    assert used_in_hosts == {"aws_region", "allowed_endpoint_override"}
+    assert used_in_hosts == {"aws_region", "allowed_endpoint_override", "vault_url"}
     for trigger in manifest["trigger"].values():
         assert all(t["component"] == "concourse-sts" for t in trigger)
     return manifest
@@ -65,20 +65,27 @@ def test_spin_toml_maps_the_variables_once_for_both_triggers():
         "aws_container_authorization_token",
         "admin_token",
         "metrics_token",
+        "vault_secret_id",
+        "vault_token",
     }
 
 
-def test_egress_is_aws_the_metadata_endpoints_and_one_override():
+def test_egress_is_aws_the_metadata_endpoints_one_override_and_vault():
     hosts = load("spin.toml")["component"]["concourse-sts"]["allowed_outbound_hosts"]
     for service in ("sts", "secretsmanager", "ssm"):
         for domain in ("amazonaws.com", "amazonaws.com.cn"):
             assert f"https://{service}.{{{{ aws_region }}}}.{domain}" in hosts
     assert {"http://169.254.169.254", "http://169.254.170.2", "http://169.254.170.23"} <= set(hosts)
     assert "{{ allowed_endpoint_override }}" in hosts
+    assert "{{ vault_url }}" in hosts
     assert not [h for h in hosts if "127.0.0.1" in h or "localhost" in h], "no loopback in production"
-    assert len(hosts) == 10
-    override = load("spin.toml")["variables"]["allowed_endpoint_override"]["default"]
+    assert len(hosts) == 11
+    variables = load("spin.toml")["variables"]
+    override = variables["allowed_endpoint_override"]["default"]
     assert override == "https://sts.amazonaws.com", "the default admits nothing new"
+    # An allowed host that renders empty stops Spin: Vault's default is a host under
+    # .invalid, which never resolves (RFC 6761) and which the component reads as unset.
+    assert variables["vault_url"]["default"] == "https://vault.invalid"
 
 
 def test_the_spinkube_manifests_copy_the_variables_exactly():

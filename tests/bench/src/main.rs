@@ -9,6 +9,7 @@
 //! - slow disk: latency mode with every fsync/fdatasync of Spin delayed 5 ms;
 //! - Redis: latency mode with Redis as the store;
 //! - Parameter Store: latency mode writing into Parameter Store (`secret_sink = ssm`);
+//! - Vault: latency mode writing into OpenBao's dev server (`secret_sink = vault`);
 //! - quota: the fake enforces 50 Secrets Manager writes per second, the component paces
 //!   at its default 40;
 //! - scrape: `GET /metrics` of 2,000 teams / 10,000 accounts on SQLite
@@ -23,6 +24,7 @@ mod fake_aws;
 mod procfs;
 mod spin;
 mod store;
+mod vault;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -79,6 +81,12 @@ struct Args {
     /// Skip the scrape mode (GET /metrics of 2,000 teams / 10,000 accounts).
     #[arg(long)]
     skip_scrape: bool,
+    /// Skip the Vault mode (and so the need for OpenBao's `bao`).
+    #[arg(long)]
+    skip_vault: bool,
+    /// OpenBao's `bao`, for the Vault mode.
+    #[arg(long, default_value = ".venv/bin/bao")]
+    bao: PathBuf,
     /// Internal: serve the fake AWS and print its port.
     #[arg(long, hide = true)]
     serve_fake: bool,
@@ -132,6 +140,8 @@ struct Mode {
     quota: Option<usize>,
     /// Measure the second tick of this `spin up`, not the first.
     warm_up: bool,
+    /// Vault's URL, for `secret_sink = vault`.
+    vault: Option<String>,
 }
 
 /// One tick and all that was measured about it.
@@ -230,6 +240,13 @@ impl Bench {
             ("SECRET_SINK", mode.sink.to_owned()),
         ]
         .into_iter()
+        .chain(mode.vault.into_iter().flat_map(|url| {
+            [
+                ("VAULT_URL", url),
+                ("VAULT_TOKEN", vault::ROOT_TOKEN.to_owned()),
+                ("VAULT_WRITES_PER_SECOND", "0".to_owned()),
+            ]
+        }))
         .map(|(name, value)| (format!("SPIN_VARIABLE_{name}"), value))
         .collect();
         env.extend(mode.store.env(&self.args.shim, &sync_log));
@@ -280,6 +297,7 @@ impl Bench {
             sink,
             quota: None,
             warm_up: false,
+            vault: None,
         };
         self.tick(label, mode).await
     }
@@ -434,6 +452,7 @@ async fn idle_mode(
         sink: SECRETS_MANAGER,
         quota: None,
         warm_up: true,
+        vault: None,
     };
     let idle = bench.tick("idle", mode).await?;
     let wall_ms = match &idle.measured.outcome {
@@ -494,6 +513,33 @@ const SSM: Variant = Variant {
     lease_busy: "",
 };
 
+const VAULT: Variant = Variant {
+    label: "Vault sink (secret_sink=vault, OpenBao's dev server with KV v2, SQLite store, its pace lifted)",
+    keys: ["spin_vault_wall_s", "spin_vault_ratio"],
+    lease_busy: "",
+};
+
+/// A latency-mode tick into OpenBao's dev server: AWS answers after L as in every mode,
+/// Vault as fast as a local OpenBao does (a metadata read and a check-and-set write per
+/// secret, and the labels on a new one).
+async fn vault_mode(bench: &mut Bench) -> anyhow::Result<Tick> {
+    eprintln!("Vault");
+    let server = vault::OpenBao::start(&bench.args.bao).await?;
+    let mode = Mode {
+        store: Store::Sqlite {
+            sync_delay: Duration::ZERO,
+        },
+        state_dir: bench.root.join("state-vault"),
+        register: true,
+        paced: false,
+        sink: "vault",
+        quota: None,
+        warm_up: false,
+        vault: Some(server.url.clone()),
+    };
+    bench.tick("vault", mode).await
+}
+
 /// Reports a variant's tick (`None`: skipped) against the latency floor.
 fn report_variant(bench: &Bench, report: &mut Report, variant: &Variant, tick: Option<Tick>) {
     let label = variant.label;
@@ -532,6 +578,7 @@ async fn quota_mode(bench: &mut Bench, report: &mut Report) -> anyhow::Result<()
         sink: SECRETS_MANAGER,
         quota: Some(AWS_WRITE_QUOTA),
         warm_up: false,
+        vault: None,
     };
     let tick = bench.tick("quota", mode).await?;
     let floor = tick.fake.writes as f64 / DEFAULT_PACE;
@@ -664,6 +711,12 @@ async fn bench(mut args: Args, root: &Path) -> anyhow::Result<()> {
         Some(bench.latency_tick("ssm", store, "ssm").await?)
     };
     report_variant(&bench, &mut report, &SSM, ssm);
+
+    let vault = match bench.args.skip_vault {
+        true => None,
+        false => Some(vault_mode(&mut bench).await?),
+    };
+    report_variant(&bench, &mut report, &VAULT, vault);
 
     if bench.args.skip_quota {
         report.line("quota mode: skipped".into());
