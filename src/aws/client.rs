@@ -4,14 +4,15 @@
 //! the SDKs do; an answer that refuses the rotator's own credentials fails the session
 //! (see [`super::session`]). Writes pass a [`Gate`] right before they are sent.
 
+use std::cell::RefCell;
 use std::future::Future;
 
 use super::endpoints::Endpoints;
 use super::error::{parse_error_answer, ErrorKind};
 use super::identity::{self, IdentityError, RotatorIdentity, SessionCredentials};
-use super::secrets::{self, Operation, SecretWrite};
+use super::secrets::{self, Operation};
 use super::session::{Keys, Session};
-use super::ssm::{self, Expectation, ParameterWrite, ParameterWritten};
+use super::ssm;
 use super::sts::{self, AssumeRole};
 use super::transport::{HttpResponse, Transport};
 use super::{AssumedCredentials, AwsError};
@@ -35,15 +36,6 @@ impl Gate for () {
     }
 }
 
-/// How a secret write ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Written {
-    /// A new version of an existing secret.
-    Updated,
-    /// The secret did not exist and was created.
-    Created,
-}
-
 /// The rotator identity's view of AWS: signed calls to STS, Secrets Manager and
 /// Parameter Store.
 pub struct AwsClient<'c, T, S> {
@@ -51,11 +43,18 @@ pub struct AwsClient<'c, T, S> {
     clock: &'c Clock<S>,
     endpoints: Endpoints,
     session: Session,
+    /// Requests sent since they were last taken, by service and outcome.
+    sent: RefCell<RequestCounts>,
 }
 
+/// Requests sent: (service (`sts`, `secretsmanager`, `ssm`), outcome (`ok`, or the
+/// error's [`ErrorKind::label`]), count), each pair once. A few dozen pairs at most, so
+/// a list: a map type would cost the component more code than it saves time.
+pub type RequestCounts = Vec<(&'static str, &'static str, u64)>;
+
 /// One request, before it is signed.
-struct Call<'a, B> {
-    service: &'a str,
+struct Call<B> {
+    service: &'static str,
     builder: B,
     body: Vec<u8>,
 }
@@ -73,7 +72,13 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
             clock,
             session: Session::new(identity, region),
             endpoints,
+            sent: RefCell::default(),
         }
+    }
+
+    /// The requests sent since the last call, for the deployment's counters.
+    pub fn take_request_counts(&self) -> RequestCounts {
+        self.sent.take()
     }
 
     /// Gets the rotator's credentials now (before a tick takes its lease), unless the
@@ -109,44 +114,45 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
         sts::parse_assume_role(&response).map_err(|error| self.session.redacted(error))
     }
 
-    /// Writes one secret: a new version if it exists, else the secret itself. Both
-    /// carry the write's request token, so a retried write never adds a second version.
-    pub async fn write_secret(
+    /// Sends one Secrets Manager operation through `gate` (see [`secrets::write_secret`]).
+    pub async fn secrets_manager(
         &self,
         gate: &impl Gate,
-        write: &SecretWrite<'_>,
-    ) -> Result<Written, AwsError> {
-        let put = || self.secrets_manager(gate, secrets::put_secret_value(write));
-        match put().await {
-            Err(error) if error.kind() == ErrorKind::NotFound => {}
-            other => return other.map(|()| Written::Updated),
-        }
-        match self
-            .secrets_manager(gate, secrets::create_secret(write))
+        operation: Operation,
+    ) -> Result<HttpResponse, AwsError> {
+        let endpoint = &self.endpoints.secrets_manager;
+        self.json_operation("secretsmanager", endpoint, gate, operation)
             .await
-        {
-            // Another writer created it in between: our value still has to land.
-            Err(error) if error.kind() == ErrorKind::AlreadyExists => {
-                put().await.map(|()| Written::Updated)
-            }
-            other => other.map(|()| Written::Created),
-        }
     }
 
-    /// Writes one parameter in the fewest calls for what the caller expects (see
-    /// [`ssm::write_parameter`]).
-    pub async fn write_parameter(
+    /// Sends one Parameter Store operation through `gate` (see [`ssm::write_parameter`]).
+    pub async fn parameter_store(
         &self,
         gate: &impl Gate,
-        write: &ParameterWrite<'_>,
-        expectation: Expectation,
-    ) -> Result<ParameterWritten, AwsError> {
-        let send =
-            |operation| self.json_operation(ssm::SERVICE, &self.endpoints.ssm, gate, operation);
-        match ssm::write_parameter(write, expectation, send).await {
-            Ok(written) => Ok(self.session.scrubbing(|secrets| written.redacted(secrets))),
-            Err(error) => Err(self.session.redacted(error)),
-        }
+        operation: Operation,
+    ) -> Result<HttpResponse, AwsError> {
+        self.json_operation(ssm::SERVICE, &self.endpoints.ssm, gate, operation)
+            .await
+    }
+
+    /// An `sts:GetCallerIdentity` request to the STS endpoint, with `headers` added and
+    /// signed as the rotator, and not sent: Vault's AWS auth method replays it to STS to
+    /// learn who is logging in (see [`crate::vault`]).
+    pub async fn signed_caller_identity(
+        &self,
+        headers: &[(&str, &str)],
+    ) -> Result<http::Request<Vec<u8>>, AwsError> {
+        let keys = self.keys().await.map_err(AwsError::Credentials)?;
+        let call = self.sts_call(sts::GET_CALLER_IDENTITY.as_bytes().to_vec());
+        let mut request = unsigned(&call, headers)?;
+        keys.signer
+            .sign(call.service, &mut request, self.clock.now().into())?;
+        Ok(request)
+    }
+
+    /// `error` with every credential value of the rotator's session replaced.
+    pub fn redacted(&self, error: AwsError) -> AwsError {
+        self.session.redacted(error)
     }
 
     /// Why the rotator's credentials could not be had, or were refused, once they were.
@@ -188,7 +194,7 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
         })
     }
 
-    fn sts_call(&self, body: Vec<u8>) -> Call<'static, impl Fn() -> http::request::Builder + '_> {
+    fn sts_call(&self, body: Vec<u8>) -> Call<impl Fn() -> http::request::Builder + '_> {
         let builder = move || {
             http::Request::post(format!("{}/", self.endpoints.sts))
                 .header(http::header::CONTENT_TYPE, sts::CONTENT_TYPE)
@@ -204,22 +210,10 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
         self.call(gate, self.sts_call(body)).await
     }
 
-    async fn secrets_manager(
-        &self,
-        gate: &impl Gate,
-        operation: Operation,
-    ) -> Result<(), AwsError> {
-        let endpoint = &self.endpoints.secrets_manager;
-        let response = self
-            .json_operation("secretsmanager", endpoint, gate, operation)
-            .await?;
-        secrets::check_write(&response).map_err(|error| self.session.redacted(error))
-    }
-
     /// One call of a JSON 1.1 service (Secrets Manager, Parameter Store).
     async fn json_operation(
         &self,
-        service: &str,
+        service: &'static str,
         endpoint: &str,
         gate: &impl Gate,
         operation: Operation,
@@ -239,7 +233,7 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
 
     /// Signs with the session's keys and sends; an answer that refused the rotator's
     /// credentials fails the session.
-    async fn call<B>(&self, gate: &impl Gate, call: Call<'_, B>) -> Result<HttpResponse, AwsError>
+    async fn call<B>(&self, gate: &impl Gate, call: Call<B>) -> Result<HttpResponse, AwsError>
     where
         B: Fn() -> http::request::Builder,
     {
@@ -258,7 +252,7 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
         &self,
         keys: &Keys,
         gate: &impl Gate,
-        call: &Call<'_, B>,
+        call: &Call<B>,
     ) -> Result<HttpResponse, AwsError>
     where
         B: Fn() -> http::request::Builder,
@@ -266,12 +260,24 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
         let mut resent = false;
         loop {
             let offset = self.clock.offset();
-            let error = match self.send_once(keys, gate, call).await? {
-                response if response.status < 400 => return Ok(response),
-                response => self
-                    .session
-                    .redacted(parse_error_answer(&response, "an AWS")),
+            let response = match self.send_once(keys, gate, call).await {
+                Ok(response) => response,
+                Err(error) => {
+                    // Only a transport error was sent; the others never left.
+                    if let AwsError::Transport(_) = error {
+                        self.count(call.service, error.kind().label());
+                    }
+                    return Err(error);
+                }
             };
+            if response.status < 400 {
+                self.count(call.service, "ok");
+                return Ok(response);
+            }
+            let error = self
+                .session
+                .redacted(parse_error_answer(&response, "an AWS"));
+            self.count(call.service, error.kind().label());
             let corrected = self.clock.offset() != offset;
             if error.kind() != ErrorKind::ClockSkew || !corrected || resent {
                 return Err(error);
@@ -280,22 +286,29 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
         }
     }
 
+    fn count(&self, service: &'static str, outcome: &'static str) {
+        let mut sent = self.sent.borrow_mut();
+        match sent
+            .iter_mut()
+            .find(|(s, o, _)| (*s, *o) == (service, outcome))
+        {
+            Some((_, _, count)) => *count += 1,
+            None => sent.push((service, outcome, 1)),
+        }
+    }
+
     /// One signed request through the gate; the answer's `Date` is learned, whatever
-    /// the answer says. `content-length` is always set: without it Spin's outbound HTTP
-    /// sends the body chunked, which AWS SDKs never do.
+    /// the answer says.
     async fn send_once<B>(
         &self,
         keys: &Keys,
         gate: &impl Gate,
-        call: &Call<'_, B>,
+        call: &Call<B>,
     ) -> Result<HttpResponse, AwsError>
     where
         B: Fn() -> http::request::Builder,
     {
-        let mut request = (call.builder)()
-            .header(http::header::CONTENT_LENGTH, call.body.len())
-            .body(call.body.clone())
-            .map_err(|error| AwsError::Request(error.to_string()))?;
+        let mut request = unsigned(call, &[])?;
         gate.admit().await.map_err(AwsError::Halted)?;
         keys.signer
             .sign(call.service, &mut request, self.clock.now().into())?;
@@ -313,10 +326,28 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
     }
 }
 
+/// The request of `call` with `headers` added, before it is signed. `content-length` is
+/// always set: without it Spin's outbound HTTP sends the body chunked, which AWS SDKs
+/// never do.
+fn unsigned<B>(call: &Call<B>, headers: &[(&str, &str)]) -> Result<http::Request<Vec<u8>>, AwsError>
+where
+    B: Fn() -> http::request::Builder,
+{
+    let mut builder = (call.builder)();
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder
+        .header(http::header::CONTENT_LENGTH, call.body.len())
+        .body(call.body.clone())
+        .map_err(|error| AwsError::Request(error.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::aws::identity::CredentialsSource;
+    use crate::aws::secrets::{write_secret, SecretWrite, Written};
     use crate::aws::RotatorCredentials;
     use crate::clock::tests::ManualTime;
     use crate::fake_aws::FakeAws;
@@ -365,7 +396,7 @@ mod tests {
             request_token: "token".into(),
             description: String::new(),
         };
-        client.write_secret(&(), &write).await
+        write_secret(&write, |operation| client.secrets_manager(&(), operation)).await
     }
 
     fn signed(aws: &FakeAws) -> Vec<(String, String)> {
@@ -480,7 +511,10 @@ mod tests {
             request_token: "token".into(),
             description: String::new(),
         };
-        let error = futures::executor::block_on(client.write_secret(&Closed, &write)).unwrap_err();
+        let sent = write_secret(&write, |operation| {
+            client.secrets_manager(&Closed, operation)
+        });
+        let error = futures::executor::block_on(sent).unwrap_err();
         assert_eq!(error.kind(), ErrorKind::Halted);
         assert!(error.to_string().contains("tick-other"));
         assert!(signed(&aws).is_empty(), "nothing was sent");

@@ -124,14 +124,16 @@ class Emulator:
         key = bootstrap.create_access_key(UserName="test-admin")["AccessKey"]
         self.admin = (key["AccessKeyId"], key["SecretAccessKey"], None)
 
-    def client(self, service, access_key, secret_key, token=None):
-        return boto3.client(
+    def client(self, service, access_key, secret_key, token=None, session=boto3, config=None):
+        """A client of the emulator; `session` a boto3.Session for a thread of its own."""
+        return session.client(
             service,
             endpoint_url=self.url,
             region_name=self.region,
             aws_access_key_id=access_key,
             aws_secret_access_key=secret_key,
             aws_session_token=token,
+            config=config,
         )
 
     def admin_client(self, service):

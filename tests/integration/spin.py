@@ -182,8 +182,10 @@ def generations_from_env():
     return found
 
 
-def find_spin(major="3"):
-    """The Generation `major` from the environment, or an explanation of what is missing."""
+def find_spin(major=None):
+    """The Generation `major` (default: SPIN_GENERATION, which scripts/lib.sh's ensure_spin
+    sets, else 3) from the environment, or an explanation of what is missing."""
+    major = major or os.environ.get("SPIN_GENERATION", "3")
     generation = generations_from_env().get(major)
     if generation is None:
         return None, f"no Spin {major} (SPIN{major}_BIN, or `spin` on PATH).\n" + INSTALL_HELP[major]
