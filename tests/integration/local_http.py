@@ -43,13 +43,28 @@ class QuietHandler(BaseHTTPRequestHandler):
 
 
 class LocalServer:
-    """Serves `handler` (a QuietHandler subclass) at `self.url` inside `with`."""
+    """Serves `handler` (a QuietHandler subclass) at `self.url` inside `with`; with none,
+    every request, whatever its method, goes to `self.handle(handler, body)` with its body
+    read."""
 
-    def __init__(self, handler):
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    def __init__(self, handler=None):
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler or self.any_method())
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def any_method(self):
+        """A handler that hands every request to `self.handle(handler, body)`."""
+        server = self
+
+        class Handler(QuietHandler):
+            def do_GET(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                server.handle(self, body)
+
+            do_POST = do_PUT = do_DELETE = do_HEAD = do_LIST = do_GET
+
+        return Handler
 
     def __enter__(self):
         self.thread.start()

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from emulator import HOME_ACCOUNT, rotator_policy
-from local_http import WORLD, LocalServer, QuietHandler
+from local_http import WORLD, LocalServer
 
 IMDS_TOKEN_PATH = "/latest/api/token"
 IMDS_CREDENTIALS_PATH = "/latest/meta-data/iam/security-credentials/"
@@ -109,19 +109,7 @@ class MetadataService(LocalServer):
         self.fetches = []
         # IMDS session tokens issued: token -> monotonic expiry.
         self.tokens = {}
-        service = self
-
-        class Handler(QuietHandler):
-            def do_PUT(self):
-                service.handle(self, "PUT")
-
-            def do_GET(self):
-                service.handle(self, "GET")
-
-            def do_POST(self):
-                service.handle(self, "POST")
-
-        super().__init__(Handler)
+        super().__init__()
 
     @property
     def full_uri(self):
@@ -134,11 +122,8 @@ class MetadataService(LocalServer):
         with self.lock:
             return list(self.tokens) + ([self.authorization] if self.authorization else [])
 
-    def handle(self, handler, method):
-        length = int(handler.headers.get("Content-Length") or 0)
-        if length:
-            handler.rfile.read(length)
-        path = handler.path
+    def handle(self, handler, _request_body):
+        method, path = handler.command, handler.path
         if self.mode == "imds":
             authorized, status, body = self.imds(handler, method, path)
         else:

@@ -51,7 +51,7 @@ def test_roles_outside_allowed_role_arns_are_refused_before_sts(aws):
     keys = aws.rotator()
     aws.enforce()
     teams = [team("alpha", account("dev", allowed), account("other", other))]
-    run = aws.run(aws.variables(keys, allowed_role_arns=f"arn:aws:iam::*:role/concourse-ci"), teams)
+    run = aws.run(aws.variables(keys, allowed_role_arns="arn:aws:iam::*:role/concourse-ci"), teams)
     assert run.returncode == 1
     assert run.rotated() == {("alpha", "dev")}
     [failure] = run.of("account_failed")

@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 from faults import FaultProxy
-from local_http import LocalServer, QuietHandler
+from local_http import LocalServer
 from spin import ROOT, free_port
 
 DEPLOY = ROOT / "deploy" / "vault"
@@ -262,18 +262,9 @@ class AwsLogin(LocalServer):
         self.mount = mount
         self.refused = []
         self.logins = []
-        front = self
+        super().__init__()
 
-        class Handler(QuietHandler):
-            def do_GET(self):
-                front.handle(self)
-
-            do_POST = do_PUT = do_DELETE = do_LIST = do_GET
-
-        super().__init__(Handler)
-
-    def handle(self, handler):
-        body = handler.rfile.read(int(handler.headers.get("Content-Length", 0)))
+    def handle(self, handler, body):
         if handler.command == "POST" and handler.path == f"/v1/auth/{self.mount}/login":
             status, answer = self.login(json.loads(body or b"{}"))
             payload = json.dumps(answer).encode()

@@ -12,7 +12,7 @@ import re
 from datetime import datetime, timedelta
 from urllib.parse import urlparse
 
-from local_http import WORLD, LocalServer, QuietHandler
+from local_http import WORLD, LocalServer
 
 # Hop-by-hop headers, and those the front sets itself.
 NOT_FORWARDED = {"connection", "keep-alive", "transfer-encoding", "content-length", "date", "server"}
@@ -25,18 +25,9 @@ class AwsFront(LocalServer):
 
     def __init__(self, upstream):
         self.upstream = urlparse(upstream)
-        front = self
+        super().__init__()
 
-        class Handler(QuietHandler):
-            def do_GET(self):
-                front.handle(self)
-
-            do_POST = do_PUT = do_DELETE = do_HEAD = do_GET
-
-        super().__init__(Handler)
-
-    def handle(self, handler):
-        body = handler.rfile.read(int(handler.headers.get("Content-Length", 0)))
+    def handle(self, handler, body):
         connection = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=60)
         headers = {k: v for k, v in handler.headers.items() if k.lower() not in NOT_FORWARDED}
         connection.request(handler.command, handler.path, body=body, headers=headers)
