@@ -3,6 +3,8 @@
 //! in the component; these modules build requests and read answers, and [`client`] sends
 //! them through whatever [`transport::Transport`] the runtime provides.
 
+#[cfg(any(test, feature = "fakes"))]
+pub mod answers;
 pub mod client;
 pub mod credentials;
 pub mod endpoints;
