@@ -10,6 +10,7 @@
 //! version it received, so that for every account it knows how long the credentials it
 //! had stored had left at each change, and when a complete set first landed.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use concourse_sts::aws::{answers, HttpResponse, Transport, TransportError};
-use serde_json::Value;
+use serde::Deserialize;
 
 use crate::chance::Chance;
 use crate::memory::NOBODY;
@@ -491,39 +492,50 @@ pub fn session_of(value: &str) -> Option<u32> {
     value.get(at..at + 12)?.parse().ok()
 }
 
+/// The fields of a JSON 1.1 request the model reads, borrowed from its body.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Body<'a> {
+    #[serde(borrow)]
+    secret_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    secret_string: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    value: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    client_request_token: Option<Cow<'a, str>>,
+    #[serde(default)]
+    overwrite: bool,
+    tags: Option<serde::de::IgnoredAny>,
+}
+
 /// What a request asks, from its target header and body.
 fn parse(request: &http::Request<Vec<u8>>) -> Call {
     let Some(target) = request.headers().get("x-amz-target") else {
-        let form: HashMap<String, String> = form_urlencoded::parse(request.body())
-            .into_owned()
-            .collect();
-        return match form.get("DurationSeconds") {
-            Some(duration) => Call::AssumeRole {
-                duration: duration.parse().expect("a number of seconds"),
-            },
+        let duration = form_urlencoded::parse(request.body())
+            .find(|(field, _)| field == "DurationSeconds")
+            .map(|(_, seconds)| seconds.parse().expect("a number of seconds"));
+        return match duration {
+            Some(duration) => Call::AssumeRole { duration },
             None => Call::CallerIdentity,
         };
     };
-    let body: Value = serde_json::from_slice(request.body()).expect("a JSON body");
-    let text = |field: &str| body[field].as_str().unwrap_or_default().to_owned();
+    let body: Body = serde_json::from_slice(request.body()).expect("a JSON 1.1 body");
+    let text = |field: Option<Cow<'_, str>>| field.unwrap_or_default().into_owned();
     match target.to_str().expect("an ASCII target") {
-        "secretsmanager.PutSecretValue" => Call::SecretWrite {
-            create: false,
-            name: text("SecretId"),
-            value: text("SecretString"),
-            token: body["ClientRequestToken"].as_str().map(str::to_owned),
-        },
-        "secretsmanager.CreateSecret" => Call::SecretWrite {
-            create: true,
-            name: text("Name"),
-            value: text("SecretString"),
-            token: body["ClientRequestToken"].as_str().map(str::to_owned),
+        "secretsmanager.PutSecretValue" | "secretsmanager.CreateSecret" => Call::SecretWrite {
+            create: target == "secretsmanager.CreateSecret",
+            name: text(body.secret_id.or(body.name)),
+            value: text(body.secret_string),
+            token: body.client_request_token.map(Cow::into_owned),
         },
         "AmazonSSM.PutParameter" => Call::PutParameter {
-            name: text("Name"),
-            value: text("Value"),
-            overwrite: body["Overwrite"].as_bool().unwrap_or(false),
-            tagged: body.get("Tags").is_some(),
+            name: text(body.name),
+            value: text(body.value),
+            overwrite: body.overwrite,
+            tagged: body.tags.is_some(),
         },
         "AmazonSSM.AddTagsToResource" => Call::AddTags,
         other => panic!("the simulated AWS does not know {other}"),

@@ -89,10 +89,16 @@ fn with_header(layout: Layout) -> Option<(Layout, usize)> {
         .map(|l| (l, offset))
 }
 
+/// Counts `bytes` to `owner`. Plain loads and stores, not read-modify-write: the
+/// simulation runs on one thread (and each unit test on an owner of its own), and this
+/// runs on every allocation.
 fn charge(owner: usize, bytes: i64) {
     if owner != 0 {
-        let live = LIVE[owner].fetch_add(bytes, Ordering::Relaxed) + bytes;
-        PEAK[owner].fetch_max(live, Ordering::Relaxed);
+        let live = LIVE[owner].load(Ordering::Relaxed) + bytes;
+        LIVE[owner].store(live, Ordering::Relaxed);
+        if live > PEAK[owner].load(Ordering::Relaxed) {
+            PEAK[owner].store(live, Ordering::Relaxed);
+        }
     }
 }
 
