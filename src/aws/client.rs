@@ -11,7 +11,7 @@ use super::error::{parse_error_answer, ErrorKind};
 use super::identity::{self, IdentityError, RotatorIdentity, SessionCredentials};
 use super::secrets::{self, Operation, SecretWrite};
 use super::session::{Keys, Session};
-use super::ssm::{self, Expectation, ParameterWrite, ParameterWritten};
+use super::ssm::{self, ParameterWrite, ParameterWritten};
 use super::sts::{self, AssumeRole};
 use super::transport::{HttpResponse, Transport};
 use super::{AssumedCredentials, AwsError};
@@ -33,6 +33,17 @@ impl Gate for () {
     async fn admit(&self) -> Result<(), String> {
         Ok(())
     }
+}
+
+/// What the caller knows of a secret or parameter before writing it, which picks the
+/// first call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expectation {
+    /// This sink has written the name before (the account rotated into it): a new
+    /// version.
+    Exists,
+    /// It never has (a new account, format or sink): create it.
+    Missing,
 }
 
 /// How a secret write ended.
@@ -109,25 +120,42 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
         sts::parse_assume_role(&response).map_err(|error| self.session.redacted(error))
     }
 
-    /// Writes one secret: a new version if it exists, else the secret itself. Both
-    /// carry the write's request token, so a retried write never adds a second version.
+    /// Writes one secret: a new version if it exists, else the secret itself, trying
+    /// first what `expectation` says (a wrong guess costs one more call, and a mass
+    /// registration writes each secret in one call, not two). Both carry the write's
+    /// request token, so a retried write never adds a second version.
     pub async fn write_secret(
         &self,
         gate: &impl Gate,
         write: &SecretWrite<'_>,
+        expectation: Expectation,
     ) -> Result<Written, AwsError> {
         let put = || self.secrets_manager(gate, secrets::put_secret_value(write));
-        match put().await {
-            Err(error) if error.kind() == ErrorKind::NotFound => {}
-            other => return other.map(|()| Written::Updated),
+        if expectation == Expectation::Missing {
+            return self.create_secret(gate, write).await;
         }
-        match self
-            .secrets_manager(gate, secrets::create_secret(write))
-            .await
-        {
-            // Another writer created it in between: our value still has to land.
+        match put().await {
+            Err(error) if error.kind() == ErrorKind::NotFound => {
+                self.create_secret(gate, write).await
+            }
+            other => other.map(|()| Written::Updated),
+        }
+    }
+
+    /// Creates the secret; when it exists after all (another writer created it, or it
+    /// was never ours to expect missing), our value still has to land as a new version.
+    async fn create_secret(
+        &self,
+        gate: &impl Gate,
+        write: &SecretWrite<'_>,
+    ) -> Result<Written, AwsError> {
+        let create = secrets::create_secret(write);
+        match self.secrets_manager(gate, create).await {
             Err(error) if error.kind() == ErrorKind::AlreadyExists => {
-                put().await.map(|()| Written::Updated)
+                let put = secrets::put_secret_value(write);
+                self.secrets_manager(gate, put)
+                    .await
+                    .map(|()| Written::Updated)
             }
             other => other.map(|()| Written::Created),
         }
@@ -365,7 +393,7 @@ mod tests {
             request_token: "token".into(),
             description: String::new(),
         };
-        client.write_secret(&(), &write).await
+        client.write_secret(&(), &write, Expectation::Exists).await
     }
 
     fn signed(aws: &FakeAws) -> Vec<(String, String)> {
@@ -391,6 +419,34 @@ mod tests {
         assert_eq!(aws.calls.borrow().len(), 4, "the correction stays");
         let error = (aws.clock.now() - aws.now()).abs();
         assert!(error <= chrono::Duration::seconds(1), "AWS time: {error}");
+    }
+
+    /// A secret expected missing is created in one call; one that exists after all
+    /// gets its new version in a second.
+    #[test]
+    fn a_secret_expected_missing_is_created_first() {
+        let aws = FakeAws::default();
+        let client = client(&aws, keys(), None);
+        let write = SecretWrite {
+            name: "/concourse/t/a",
+            value: "v",
+            request_token: "token".into(),
+            description: String::new(),
+        };
+        let missing = || client.write_secret(&(), &write, Expectation::Missing);
+        assert_eq!(futures::executor::block_on(missing()), Ok(Written::Created));
+        assert_eq!(
+            aws.calls.borrow().as_slice(),
+            ["CreateSecret /concourse/t/a"]
+        );
+        assert_eq!(futures::executor::block_on(missing()), Ok(Written::Updated));
+        assert_eq!(
+            aws.calls.borrow()[1..],
+            [
+                "CreateSecret /concourse/t/a",
+                "PutSecretValue /concourse/t/a"
+            ]
+        );
     }
 
     /// With nothing to learn it from yet, the time is asked of STS; once any answer has
@@ -480,7 +536,9 @@ mod tests {
             request_token: "token".into(),
             description: String::new(),
         };
-        let error = futures::executor::block_on(client.write_secret(&Closed, &write)).unwrap_err();
+        let error =
+            futures::executor::block_on(client.write_secret(&Closed, &write, Expectation::Exists))
+                .unwrap_err();
         assert_eq!(error.kind(), ErrorKind::Halted);
         assert!(error.to_string().contains("tick-other"));
         assert!(signed(&aws).is_empty(), "nothing was sent");

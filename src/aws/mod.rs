@@ -18,7 +18,7 @@ pub mod sts;
 pub mod transport;
 mod xml;
 
-pub use client::{AwsClient, Gate, Written};
+pub use client::{AwsClient, Expectation, Gate, Written};
 pub use credentials::{AssumedCredentials, RotatorCredentials};
 pub use endpoints::Endpoints;
 pub use error::{AwsError, ErrorKind};

@@ -10,9 +10,10 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::aws::secrets::SecretWrite;
-use crate::aws::ssm::{Expectation, ParameterWrite, ParameterWritten};
+use crate::aws::ssm::{ParameterWrite, ParameterWritten};
 use crate::aws::sts::AssumeRole;
-use crate::aws::{AssumedCredentials, AwsClient, AwsError, ErrorKind, Gate, Transport, Written};
+use crate::aws::{AssumedCredentials, AwsClient, AwsError, ErrorKind, Expectation, Gate};
+use crate::aws::{Transport, Written};
 use crate::clock::{Clock, Instant, TimeSource};
 use crate::events::{Event, EventSink};
 use crate::lease::{Lease, LeaseError};
@@ -240,11 +241,16 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Executor<'_, T, S, K> {
         let value = target.value.expose_secret();
         let (team, account) = (job.team.as_str(), job.account.name.as_str());
         let (operation, name) = (target.operation(), Some(target.name.as_str()));
+        let expectation = match job.written_before {
+            true => Expectation::Exists,
+            false => Expectation::Missing,
+        };
         match target.sink {
             Sink::SecretsManager => {
                 let write = SecretWrite::new(&target.name, value, credentials, team, account);
                 let attempt = || {
-                    let sent = self.client.write_secret(&self.secrets_manager, &write);
+                    let gate = &self.secrets_manager;
+                    let sent = self.client.write_secret(gate, &write, expectation);
                     async { sent.await.map_err(|error| error.redacted(&values)) }
                 };
                 self.retried(job, operation, name, attempt).await
@@ -252,10 +258,6 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Executor<'_, T, S, K> {
             Sink::ParameterStore => {
                 let key_id = self.rules.ssm_key_id.as_deref();
                 let write = ParameterWrite::new(&target.name, value, key_id, team, account)?;
-                let expectation = match job.written_before {
-                    true => Expectation::Exists,
-                    false => Expectation::Missing,
-                };
                 let attempt = || {
                     let sent =
                         self.client

@@ -72,10 +72,10 @@ def test_overlapping_ticks_never_interleave_writes(aws):
     teams = three_accounts(aws)
     keys = aws.rotator()
     aws.enforce()
-    # Every request takes a second, so the rotating tick lasts at least three (AssumeRole,
-    # then PutSecretValue and CreateSecret), and Spin starts a new tick every second
+    # Every request takes a second and a half, so the rotating tick holds the lease for at
+    # least three (AssumeRole, then CreateSecret), and Spin starts a new tick every second
     # regardless.
-    with FaultProxy(aws.url, kinds=["latency"], rate=1.0, latency=1.0) as proxy:
+    with FaultProxy(aws.url, kinds=["latency"], rate=1.0, latency=1.5) as proxy:
         node = aws.main.start(aws.variables(keys, aws_endpoint_url=proxy.url), teams, schedule=EVERY_SECOND)
         node.wait_for(lambda: any(e["event"] == "tick_finished" for e in node.events()), "a finished tick", 240)
         run = node.finish()
