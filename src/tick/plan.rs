@@ -61,7 +61,9 @@ pub struct Job {
     /// exist (Parameter Store then overwrites first instead of creating).
     pub written_before: bool,
     pub reason: RotateReason,
-    /// Earlier expiry first; never-written accounts before all.
+    /// When the account's credentials expire: earlier first, and accounts without any
+    /// (never written) after all that have some, so that a mass registration never
+    /// holds back credentials about to expire.
     pub urgency: Option<DateTime<Utc>>,
 }
 
@@ -116,7 +118,8 @@ pub fn plan(loaded: &Loaded, rules: &RotationRules, now: DateTime<Utc>, scope: S
         plan.teams += 1;
         plan_team(&mut plan, team, loaded, rules, now, scope != Scope::All);
     }
-    plan.jobs.sort_by_key(|job| job.urgency);
+    plan.jobs
+        .sort_by_key(|job| (job.urgency.is_none(), job.urgency));
     plan
 }
 

@@ -41,6 +41,41 @@ fn rotates_every_account_of_every_team_into_the_lambda_layout() {
     assert!(store.text(LEASE_KEY).is_some(), "the lease was taken");
 }
 
+/// A mass registration never holds back credentials about to expire: the accounts that
+/// hold credentials go first, earliest expiry first, and accounts never written after
+/// them (their pipelines have nothing to lose yet).
+#[test]
+fn accounts_holding_credentials_go_before_new_ones() {
+    let aws = FakeAws::default();
+    let store = MemoryStore::default().with("team/beta", &team("beta", &[("lab", "ci")]));
+    tick(&aws, &store);
+    aws.clock.advance(10 * MINUTE);
+    store
+        .set("team/gamma", team("gamma", &[("ops", "ci")]).as_bytes())
+        .unwrap();
+    store
+        .set("team/alpha", team("alpha", &[("dev", "ci")]).as_bytes())
+        .unwrap();
+    tick(&aws, &store);
+    aws.clock.advance(20 * MINUTE);
+    store
+        .set("team/aaa", team("aaa", &[("new", "ci")]).as_bytes())
+        .unwrap();
+    let order = || -> Vec<String> {
+        let planned = plan(&load(&store).unwrap(), &rules(8), aws.now(), Scope::All);
+        let jobs = planned.jobs.iter();
+        jobs.map(|job| format!("{}/{}", job.team, job.account.name))
+            .collect()
+    };
+    assert_eq!(
+        order(),
+        ["beta/lab", "aaa/new"],
+        "alpha and gamma not due yet"
+    );
+    aws.clock.advance(10 * MINUTE);
+    assert_eq!(order(), ["beta/lab", "alpha/dev", "gamma/ops", "aaa/new"]);
+}
+
 #[test]
 fn fresh_accounts_are_skipped_until_they_near_expiry() {
     let aws = FakeAws::default();
