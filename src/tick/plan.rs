@@ -61,10 +61,10 @@ pub struct Job {
     /// exist (Parameter Store then overwrites first instead of creating).
     pub written_before: bool,
     pub reason: RotateReason,
-    /// When the account's credentials expire: earlier first, and accounts without any
-    /// (never written) after all that have some, so that a mass registration never
-    /// holds back credentials about to expire.
-    pub urgency: Option<DateTime<Utc>>,
+    /// When the account's credentials expire, earlier first; an account without any
+    /// ranks as [`crate::timing::Timing::unwritten_urgency`] says, so that a mass
+    /// registration never holds back credentials about to expire.
+    pub urgency: DateTime<Utc>,
 }
 
 /// What a tick is going to do.
@@ -118,8 +118,7 @@ pub fn plan(loaded: &Loaded, rules: &RotationRules, now: DateTime<Utc>, scope: S
         plan.teams += 1;
         plan_team(&mut plan, team, loaded, rules, now, scope != Scope::All);
     }
-    plan.jobs
-        .sort_by_key(|job| (job.urgency.is_none(), job.urgency));
+    plan.jobs.sort_by_key(|job| job.urgency);
     plan
 }
 
@@ -245,7 +244,9 @@ fn plan_account(
             fingerprint,
             written_before,
             reason,
-            urgency: state.and_then(|state| state.expiration),
+            urgency: state
+                .and_then(|state| state.expiration)
+                .unwrap_or_else(|| rules.timing.unwritten_urgency(now)),
         }),
     }
 }

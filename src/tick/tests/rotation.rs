@@ -41,39 +41,35 @@ fn rotates_every_account_of_every_team_into_the_lambda_layout() {
     assert!(store.text(LEASE_KEY).is_some(), "the lease was taken");
 }
 
-/// A mass registration never holds back credentials about to expire: the accounts that
-/// hold credentials go first, earliest expiry first, and accounts never written after
-/// them (their pipelines have nothing to lose yet).
+/// A mass registration never holds back credentials about to expire: accounts inside
+/// their margin go first, earliest expiry first; then accounts never written (their
+/// pipelines have nothing to lose yet); then accounts renewed early, whose first
+/// credentials came due spread over their lifetime.
 #[test]
-fn accounts_holding_credentials_go_before_new_ones() {
+fn accounts_about_to_expire_go_before_new_ones() {
     let aws = FakeAws::default();
     let store = MemoryStore::default().with("team/beta", &team("beta", &[("lab", "ci")]));
     tick(&aws, &store);
     aws.clock.advance(10 * MINUTE);
-    store
-        .set("team/gamma", team("gamma", &[("ops", "ci")]).as_bytes())
-        .unwrap();
-    store
-        .set("team/alpha", team("alpha", &[("dev", "ci")]).as_bytes())
-        .unwrap();
+    for (name, account) in [("gamma", "ops"), ("alpha", "dev")] {
+        let document = team(name, &[(account, "ci")]);
+        store
+            .set(&format!("team/{name}"), document.as_bytes())
+            .unwrap();
+    }
     tick(&aws, &store);
     aws.clock.advance(20 * MINUTE);
     store
         .set("team/aaa", team("aaa", &[("new", "ci")]).as_bytes())
         .unwrap();
-    let order = || -> Vec<String> {
-        let planned = plan(&load(&store).unwrap(), &rules(8), aws.now(), Scope::All);
-        let jobs = planned.jobs.iter();
-        jobs.map(|job| format!("{}/{}", job.team, job.account.name))
-            .collect()
-    };
-    assert_eq!(
-        order(),
-        ["beta/lab", "aaa/new"],
-        "alpha and gamma not due yet"
-    );
-    aws.clock.advance(10 * MINUTE);
-    assert_eq!(order(), ["beta/lab", "alpha/dev", "gamma/ops", "aaa/new"]);
+    let planned = plan(&load(&store).unwrap(), &rules(8), aws.now(), Scope::All);
+    let order: Vec<String> = planned
+        .jobs
+        .iter()
+        .map(|job| format!("{}/{}", job.team, job.account.name))
+        .collect();
+    // beta/lab expires in 30 minutes; alpha/dev and gamma/ops, in 40, came due early.
+    assert_eq!(order, ["beta/lab", "aaa/new", "alpha/dev", "gamma/ops"]);
 }
 
 #[test]
@@ -92,23 +88,32 @@ fn fresh_accounts_are_skipped_until_they_near_expiry() {
     );
     assert!(event_lines(&events).contains(r#""reason":"written_recently""#));
 
-    aws.clock.advance(20 * MINUTE);
-    let (summary, events) = tick(&aws, &store);
-    assert_eq!(summary.skipped, 3);
-    assert!(event_lines(&events).contains(r#""reason":"fresh""#));
-    assert!(aws.calls.borrow().is_empty());
-
-    // One-hour credentials, 30 minutes before expiry, minus up to 5 minutes of jitter.
-    aws.clock.advance(10 * MINUTE);
-    let (summary, events) = tick(&aws, &store);
-    assert_eq!(summary.rotated, 3);
-    assert!(rotated(&events)
+    let fresh_then_rotated = |fresh_for: Duration, due_after: Duration| {
+        aws.clock.advance(fresh_for);
+        let (summary, events) = tick(&aws, &store);
+        assert_eq!(summary.skipped, 3);
+        assert!(event_lines(&events).contains(r#""reason":"fresh""#));
+        assert!(aws.calls.borrow().is_empty());
+        aws.clock.advance(due_after);
+        let (summary, events) = tick(&aws, &store);
+        assert_eq!(summary.rotated, 3);
+        assert!(rotated(&events)
+            .iter()
+            .all(|(_, _, reason)| *reason == RotateReason::ExpiresSoon));
+        let writes = ["PutSecretValue", "CreateSecret"].map(|call| aws.count_calls(call));
+        assert_eq!(writes, [9, 0]);
+        aws.calls.borrow_mut().clear();
+    };
+    // First credentials come due anywhere from 10 to 30 minutes after the write: at 20
+    // with the fake's chance of one half.
+    fresh_then_rotated(15 * MINUTE, 5 * MINUTE);
+    let second = aws.secrets.borrow().clone();
+    assert!(first.iter().all(|(name, value)| second[name] != *value));
+    // Later ones 30 minutes before expiry, less up to 5 minutes of jitter: at 27.5.
+    fresh_then_rotated(27 * MINUTE, MINUTE);
+    assert!(second
         .iter()
-        .all(|(_, _, reason)| *reason == RotateReason::ExpiresSoon));
-    assert_eq!(aws.count_calls("PutSecretValue"), 9);
-    assert_eq!(aws.count_calls("CreateSecret"), 0);
-    let second = aws.secrets.borrow();
-    assert!(first.iter().all(|(name, value)| &second[name] != value));
+        .all(|(name, value)| aws.secrets.borrow()[name] != *value));
 }
 
 #[test]
