@@ -113,14 +113,25 @@ pub struct Holding {
     held: Vec<Option<u32>>,
     /// The session of the newest complete set.
     complete: Option<u32>,
-    /// When a complete set first landed, and last.
+    /// When a complete set first landed, the second time (the first credentials are
+    /// renewed early, to spread accounts registered together), and last.
     pub first_complete: Option<Duration>,
+    pub second_complete: Option<Duration>,
     pub last_complete: Option<Duration>,
     /// Complete sets landed (distinct sessions).
     pub landings: u32,
     /// The least time the stored credentials had left at any change after the first
-    /// complete set (negative: expired), in ms.
-    pub least_validity_ms: Option<i64>,
+    /// complete set (negative: expired), in ms, and when.
+    pub least_validity: Option<(i64, Duration)>,
+}
+
+impl Holding {
+    /// The stored credentials had `left_ms` left at `at`.
+    fn observe(&mut self, left_ms: i64, at: Duration) {
+        if self.least_validity.is_none_or(|(least, _)| left_ms < least) {
+            self.least_validity = Some((left_ms, at));
+        }
+    }
 }
 
 /// Requests by what they ask.
@@ -248,8 +259,7 @@ impl AwsModel {
         let mut holdings = self.accounts.borrow().clone();
         for holding in holdings.iter_mut().filter(|h| h.first_complete.is_some()) {
             let left = least_left_ms(&holding.held, &sessions, self.epoch, now_ms);
-            holding.least_validity_ms =
-                Some(holding.least_validity_ms.map_or(left, |l| l.min(left)));
+            holding.observe(left, self.timeline.now());
         }
         holdings
     }
@@ -454,14 +464,16 @@ impl AwsModel {
         let holding = &mut accounts[owner.account as usize];
         if holding.first_complete.is_some() {
             let left = least_left_ms(&holding.held, &sessions, self.epoch, now.as_millis() as i64);
-            holding.least_validity_ms =
-                Some(holding.least_validity_ms.map_or(left, |l| l.min(left)));
+            holding.observe(left, now);
         }
         holding.held[owner.index as usize] = Some(session);
         let whole = holding.held.iter().all(|held| *held == Some(session));
         if whole && holding.complete != Some(session) {
             holding.complete = Some(session);
             holding.landings += 1;
+            if holding.landings == 2 {
+                holding.second_complete = Some(now);
+            }
             holding.first_complete.get_or_insert(now);
             holding.last_complete = Some(now);
         }
@@ -678,7 +690,10 @@ mod tests {
         assert_eq!(aws.serve(&repeated).status, 200);
         let holding = &aws.holdings()[0];
         assert_eq!(holding.landings, 2);
-        assert_eq!(holding.least_validity_ms, Some(1_800_000));
+        assert_eq!(
+            holding.least_validity,
+            Some((1_800_000, Duration::from_secs(1_800)))
+        );
         assert_eq!(aws.versions(false).iter().map(Vec::len).sum::<usize>(), 4);
         assert!(aws
             .versions(false)

@@ -63,8 +63,8 @@ pub fn per_day(landings: u32, span: Duration) -> f64 {
 }
 
 /// How often an account rotated against its ideal: the ideal interval over the mean
-/// interval between its complete sets (1 is ideal, 1.2 a fifth more rotations than
-/// needed); `None` with fewer than two sets.
+/// interval between `landings` complete sets from `first` to `last` (1 is ideal, 1.2 a
+/// fifth more rotations than needed); `None` with fewer than two sets.
 pub fn against_ideal(landings: u32, first: Duration, last: Duration, ideal_s: f64) -> Option<f64> {
     let intervals = landings.checked_sub(1).filter(|n| *n > 0)?;
     let mean = last.saturating_sub(first).as_secs_f64() / f64::from(intervals);

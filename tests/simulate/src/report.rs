@@ -132,10 +132,10 @@ fn first_rotation_target(run: &Run<'_>, per_account: usize) -> u64 {
 fn credentials(run: &Run<'_>, figures: &mut Map<String, Value>) {
     let holdings = run.sim.aws.holdings();
     let end = run.sim.timeline.now();
-    let least = holdings.iter().filter_map(|h| h.least_validity_ms).min();
+    let least = holdings.iter().filter_map(|h| h.least_validity).min();
     let expired = holdings
         .iter()
-        .filter(|h| h.least_validity_ms.is_some_and(|ms| ms <= 0))
+        .filter(|h| h.least_validity.is_some_and(|(ms, _)| ms <= 0))
         .count();
     let never = holdings
         .iter()
@@ -152,7 +152,8 @@ fn credentials(run: &Run<'_>, figures: &mut Map<String, Value>) {
         .zip(run.accounts)
         .filter_map(|(h, account)| {
             let ideal = figures::ideal_interval_s(account.duration, margin);
-            figures::against_ideal(h.landings, h.first_complete?, h.last_complete?, ideal)
+            let renewals = h.landings.checked_sub(1)?;
+            figures::against_ideal(renewals, h.second_complete?, h.last_complete?, ideal)
         })
         .collect();
     let rules = &run.sim.settings.rules;
@@ -163,7 +164,11 @@ fn credentials(run: &Run<'_>, figures: &mut Map<String, Value>) {
         .len();
     let sets = rules.sink.sinks().len() * names;
     let pairs = [
-        ("least_validity_s", json!(least.map(|ms| ms / 1000))),
+        ("least_validity_s", json!(least.map(|(ms, _)| ms / 1000))),
+        (
+            "least_validity_at_s",
+            json!(least.map(|(_, at)| at.as_secs())),
+        ),
         ("validity_floor_s", json!(validity_floor(run).as_secs())),
         ("accounts_expired", json!(expired)),
         ("accounts_never_rotated", json!(never)),
@@ -322,8 +327,8 @@ pub fn summary(figures: &Map<String, Value>, missed: &[String]) -> Vec<String> {
             f("max_requests_per_s"), f("throttled_requests"), f("faults_injected")
         ),
         format!(
-            "  least validity {} s (floor {} s), expired {}, all first rotated after {} s (target {} s)",
-            f("least_validity_s"), f("validity_floor_s"), f("accounts_expired"),
+            "  least validity {} s at {} s (floor {} s), expired {}, all first rotated after {} s (target {} s)",
+            f("least_validity_s"), f("least_validity_at_s"), f("validity_floor_s"), f("accounts_expired"),
             f("all_first_rotated_s"), f("first_rotation_target_s")
         ),
         format!(
