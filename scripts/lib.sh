@@ -60,14 +60,19 @@ MSG
 }
 
 # Debian packages the integration tests start: redis-server (two nodes on one store),
-# faketime (a `spin up` running later) and docker-registry (the OCI registry the SpinKube
-# tests push to; xz-utils unpacks their shim). Installed with apt-get when missing.
+# faketime (a `spin up` running later), docker-registry (the OCI registry the SpinKube
+# tests push to; xz-utils unpacks their shim), prometheus (with promtool: the alert rules
+# on a real Prometheus) and chromium with chromium-driver (the status page in a real
+# browser). Installed with apt-get when missing.
 ensure_test_packages() {
     local missing=()
     command -v redis-server >/dev/null || missing+=(redis-server)
     command -v faketime >/dev/null || missing+=(faketime)
     command -v docker-registry >/dev/null || missing+=(docker-registry)
     command -v xz >/dev/null || missing+=(xz-utils)
+    command -v promtool >/dev/null || missing+=(prometheus)
+    command -v chromium >/dev/null || missing+=(chromium)
+    command -v chromedriver >/dev/null || missing+=(chromium-driver)
     [ ${#missing[@]} -eq 0 ] && return
     if ! command -v apt-get >/dev/null; then
         echo "error: the integration tests need ${missing[*]}: install them with your package manager" >&2

@@ -7,7 +7,10 @@
 //!
 //! | route | answer |
 //! | --- | --- |
+//! | `GET /` | the status page (HTML, no token needed: it asks for one) |
 //! | `GET /healthz` | 200, no token needed |
+//! | `GET /metrics` | Prometheus' text format (`metrics_token` or the admin token) |
+//! | `GET /status` | every team and account at once (`metrics_token` or the admin token) |
 //! | `GET /teams` | the registered team names |
 //! | `GET /teams/{name}` | the stored document |
 //! | `PUT /teams/{name}` | validates and stores; 400 with every problem |
@@ -18,14 +21,18 @@
 
 use std::future::Future;
 
+use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::{parse_team, Problem, MAX_DOCUMENT_BYTES, TEAM_KEY_PREFIX};
 use crate::events::Event;
+use crate::metrics;
 use crate::names::name_problem;
-use crate::state::{AccountState, TeamState, STATE_PREFIX};
+use crate::overview::{AccountView, Overview};
+use crate::settings::RotationRules;
+use crate::state::{AccountState, LastError, TeamState, STATE_PREFIX};
 use crate::store::KeyValue;
 use crate::tick::TickSummary;
 
@@ -39,18 +46,54 @@ pub struct ApiRequest<'a> {
     pub authorization: Option<&'a str>,
 }
 
-/// An answer: a status and a JSON body (none for 204).
+/// The status page: one document, its script and style inline (no other request but
+/// its own `fetch` of `/status`), allowed by their hashes in [`PAGE_POLICY`].
+const PAGE: &str = include_str!("api/status.html");
+
+/// The page's `Content-Security-Policy`: nothing but its own script and style (by
+/// hash, so an injected one cannot run) and requests to its own origin. A unit test
+/// checks the hashes against the page.
+const PAGE_POLICY: &str = "default-src 'none'; script-src 'sha256-tndz8S6jG/i/V3SljM56tMqMQ6hPuWjZkCCSDYPVkDU='; style-src 'sha256-cMfxwY/FmFkFsd8B9XFVDh6n0lJqYfdKRALf9yKO2GY='; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// What an answer carries: JSON (the API's own answers) or a document of another type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    Json(Value),
+    Text {
+        content_type: &'static str,
+        /// Headers the document needs besides its type (the page's policy).
+        headers: &'static [(&'static str, &'static str)],
+        text: String,
+    },
+}
+
+/// An answer: a status and a body (none for 204).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiResponse {
     pub status: u16,
-    pub body: Option<Value>,
+    pub body: Option<Body>,
 }
 
 impl ApiResponse {
     fn json(status: u16, body: Value) -> Self {
         Self {
             status,
-            body: Some(body),
+            body: Some(Body::Json(body)),
+        }
+    }
+
+    fn text(
+        content_type: &'static str,
+        headers: &'static [(&'static str, &'static str)],
+        text: String,
+    ) -> Self {
+        Self {
+            status: 200,
+            body: Some(Body::Text {
+                content_type,
+                headers,
+                text,
+            }),
         }
     }
 
@@ -79,13 +122,31 @@ pub trait Rotator {
     ) -> impl Future<Output = anyhow::Result<(TickSummary, Vec<Event>)>>;
 }
 
+/// The bearer tokens configured: the admin token opens every route, the metrics token
+/// only the read-only views of the whole deployment (`/metrics`, `/status`), so that a
+/// scraper or a status screen never holds a token that can change teams.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tokens<'a> {
+    pub admin: Option<&'a str>,
+    pub metrics: Option<&'a str>,
+}
+
+/// How `/metrics` and `/status` judge what they read: the rules the next tick applies
+/// (`None` when the variables cannot be read; then the plan's refusals are unknown), and
+/// the serving node's wall clock (the API makes no AWS call, so it has no AWS time).
+pub struct Judgement {
+    pub rules: Option<RotationRules>,
+    pub now: DateTime<Utc>,
+}
+
 /// Answers one request. The token is checked before `read_body` or `open_store` runs, so
 /// a caller without it cannot make the component read, or wait for, a body, nor learn
 /// anything of the store (not even its error). `read_body` gives at most
 /// `MAX_BODY_BYTES + 1` bytes: one byte more than allowed means "too large".
 pub async fn handle<B, K>(
     request: &ApiRequest<'_>,
-    admin_token: Option<&str>,
+    tokens: Tokens<'_>,
+    judgement: &Judgement,
     read_body: impl FnOnce() -> B,
     open_store: impl FnOnce() -> anyhow::Result<K>,
     rotator: &impl Rotator,
@@ -100,10 +161,21 @@ where
         .split('/')
         .skip(1)
         .collect();
-    if let (["healthz"], "GET") = (segments.as_slice(), request.method) {
-        return ApiResponse::json(200, json!({"status": "ok"}));
+    match (segments.as_slice(), request.method) {
+        (["healthz"], "GET") => return ApiResponse::json(200, json!({"status": "ok"})),
+        ([], "GET") => {
+            return ApiResponse::text("text/html; charset=utf-8", PAGE_HEADERS, PAGE.to_owned())
+        }
+        (["metrics" | "status"], "GET") => {
+            let accepted = [tokens.metrics, tokens.admin];
+            return match authorize(request.authorization, &accepted, METRICS_OFF) {
+                Ok(()) => overview(&segments, open_store, judgement),
+                Err(refusal) => refusal,
+            };
+        }
+        _ => {}
     }
-    if let Err(refusal) = authorize(request.authorization, admin_token) {
+    if let Err(refusal) = authorize(request.authorization, &[tokens.admin], ADMIN_OFF) {
         return refusal;
     }
     let store = match open_store() {
@@ -130,7 +202,8 @@ where
             }
         }
         (["rotate"], "POST") => rotate(rotator, None).await,
-        (["teams", _, "status" | "rotate"], _) | (["teams"] | ["rotate"], _) => Err(not_allowed()),
+        (["teams", _, "status" | "rotate"], _)
+        | (["teams"] | ["rotate"] | ["metrics"] | ["status"] | [], _) => Err(not_allowed()),
         _ => Err(ApiResponse::error(
             404,
             "not_found",
@@ -148,34 +221,115 @@ fn not_allowed() -> ApiResponse {
     )
 }
 
-/// Checks `Authorization: Bearer <admin_token>` in constant time (comparing digests, so
-/// neither the content nor the length of the token leaks through timing). The scheme is
-/// matched without regard to case, as HTTP says; the configured token is trimmed, as a
-/// Kubernetes Secret made from a file keeps the file's last newline.
-fn authorize(header: Option<&str>, admin_token: Option<&str>) -> Result<(), ApiResponse> {
-    let Some(expected) = admin_token.map(str::trim).filter(|t| !t.is_empty()) else {
-        return Err(ApiResponse::error(
-            403,
-            "admin_api_disabled",
-            "the admin API is off: set the secret variable admin_token (e.g. SPIN_VARIABLE_ADMIN_TOKEN) to enable it",
-        ));
-    };
+/// What a route answers when none of the tokens it accepts is configured.
+struct Off {
+    code: &'static str,
+    message: &'static str,
+    send: &'static str,
+}
+
+const ADMIN_OFF: Off = Off {
+    code: "admin_api_disabled",
+    message: "the admin API is off: set the secret variable admin_token (e.g. SPIN_VARIABLE_ADMIN_TOKEN) to enable it",
+    send: "send Authorization: Bearer <admin_token>",
+};
+
+const METRICS_OFF: Off = Off {
+    code: "metrics_disabled",
+    message: "metrics and status are off: set the secret variable metrics_token (or admin_token) to enable them",
+    send: "send Authorization: Bearer <metrics_token or admin_token>",
+};
+
+/// The page's headers besides its type: its policy, and nothing cached or sniffed.
+const PAGE_HEADERS: &[(&str, &str)] = &[
+    ("content-security-policy", PAGE_POLICY),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    ("cache-control", "no-store"),
+];
+
+/// Checks `Authorization: Bearer <token>` against every configured token of `accepted`
+/// in constant time (comparing digests, and all of them, so neither the content nor the
+/// length of a token leaks through timing). The scheme is matched without regard to
+/// case, as HTTP says; a configured token is trimmed, as a Kubernetes Secret made from a
+/// file keeps the file's last newline.
+fn authorize(header: Option<&str>, accepted: &[Option<&str>], off: Off) -> Result<(), ApiResponse> {
+    let configured: Vec<&str> = accepted
+        .iter()
+        .flatten()
+        .map(|token| token.trim())
+        .filter(|token| !token.is_empty())
+        .collect();
+    if configured.is_empty() {
+        return Err(ApiResponse::error(403, off.code, off.message));
+    }
     let given = header
         .and_then(|h| h.trim().split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim())
         .unwrap_or_default();
-    let matches: bool = Sha256::digest(given.as_bytes())
-        .ct_eq(&Sha256::digest(expected.as_bytes()))
-        .into();
-    if given.is_empty() || !matches {
-        return Err(ApiResponse::error(
-            401,
-            "unauthorized",
-            "send Authorization: Bearer <admin_token>",
-        ));
+    let given_digest = Sha256::digest(given.as_bytes());
+    let matches = configured
+        .iter()
+        .fold(subtle::Choice::from(0), |found, token| {
+            found | given_digest.ct_eq(&Sha256::digest(token.as_bytes()))
+        });
+    if given.is_empty() || !bool::from(matches) {
+        return Err(ApiResponse::error(401, "unauthorized", off.send));
     }
     Ok(())
+}
+
+/// `/metrics` or `/status`: the whole deployment, read at once.
+fn overview<K: KeyValue>(
+    segments: &[&str],
+    open_store: impl FnOnce() -> anyhow::Result<K>,
+    judgement: &Judgement,
+) -> ApiResponse {
+    let read = open_store().and_then(|store| {
+        Ok(Overview::read(
+            &store,
+            judgement.rules.as_ref(),
+            judgement.now,
+        )?)
+    });
+    let overview = match read {
+        Ok(overview) => overview,
+        Err(error) => return store_failed(format!("{error:#}")),
+    };
+    match segments {
+        ["metrics"] => ApiResponse::text(
+            metrics::CONTENT_TYPE,
+            &[],
+            metrics::exposition(&overview, judgement.now),
+        ),
+        _ => ApiResponse::json(200, deployment_status(&overview, judgement.now)),
+    }
+}
+
+/// Every team and account, with the team status's fields and each account's `state`.
+fn deployment_status(overview: &Overview, now: DateTime<Utc>) -> Value {
+    let teams: Vec<Value> = overview
+        .teams
+        .iter()
+        .map(|team| {
+            let accounts: Vec<Value> = team.accounts.iter().map(view_status).collect();
+            json!({"team": team.name, "invalid": team.invalid, "accounts": accounts})
+        })
+        .collect();
+    json!({"now": now, "teams": teams})
+}
+
+fn view_status(view: &AccountView) -> Value {
+    let role_arn = view.role_arn.as_deref();
+    let condition = Some(view.condition.as_str());
+    account_status(
+        &view.name,
+        role_arn,
+        &view.state,
+        view.last_error(),
+        condition,
+    )
 }
 
 fn team_name(name: &str) -> Result<&str, ApiResponse> {
@@ -279,23 +433,56 @@ fn team_status(store: &impl KeyValue, name: &str) -> Result<ApiResponse, ApiResp
                 .get(&account.name)
                 .cloned()
                 .unwrap_or_default();
-            json!({
-                "account": account.name,
-                "role_arn": account.role_arn,
-                "last_written": current.written_at,
-                "expiration": current.expiration,
-                "next_rotation_due": next_rotation_due(&current),
-                "next_attempt": current.next_attempt,
-                "consecutive_failures": current.consecutive_failures,
-                "incomplete": current.incomplete,
-                "last_error": current.last_error,
-            })
+            let last_error = current.last_error.as_ref();
+            let role_arn = Some(account.role_arn.as_str());
+            account_status(&account.name, role_arn, &current, last_error, None)
         })
         .collect();
     Ok(ApiResponse::json(
         200,
         json!({"team": name, "accounts": accounts}),
     ))
+}
+
+/// One account's rotation state as the status routes answer it; never a credential.
+/// A derived shape rather than `json!`: the component's size is bounded, and this is
+/// the smaller code.
+#[derive(serde::Serialize)]
+struct AccountStatus<'a> {
+    account: &'a str,
+    role_arn: Option<&'a str>,
+    last_written: Option<DateTime<Utc>>,
+    expiration: Option<DateTime<Utc>>,
+    next_rotation_due: Value,
+    next_attempt: Option<DateTime<Utc>>,
+    consecutive_failures: u32,
+    incomplete: bool,
+    last_error: Option<&'a LastError>,
+    /// The account's [`crate::overview::Condition`] (`/status` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'static str>,
+}
+
+fn account_status(
+    name: &str,
+    role_arn: Option<&str>,
+    state: &AccountState,
+    last_error: Option<&LastError>,
+    condition: Option<&'static str>,
+) -> Value {
+    let status = AccountStatus {
+        account: name,
+        role_arn,
+        last_written: state.written_at,
+        expiration: state.expiration,
+        next_rotation_due: next_rotation_due(state),
+        next_attempt: state.next_attempt,
+        consecutive_failures: state.consecutive_failures,
+        incomplete: state.incomplete,
+        last_error,
+        state: condition,
+    };
+    serde_json::to_value(status).expect("an account's status is strings, numbers and times")
 }
 
 /// When the account is next rotated: its backoff's end, "next tick" when it is due now,

@@ -1,5 +1,5 @@
 //! One fake AWS for the unit tests: IMDS, STS (`AssumeRole`, `GetCallerIdentity`),
-//! Secrets Manager and Parameter Store in memory. Its clock is the true time of the
+//! Secrets Manager and Parameter Store in memory, and the fake Vault beside them. Its clock is the true time of the
 //! test's [`ManualClock`] (each request advances it by `latency`), which it sends as
 //! `Date` and against which it refuses requests signed more than five minutes off, as
 //! AWS does. Faults are ordered per role or secret, or triggered by an event through
@@ -14,8 +14,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::aws::{answers, HttpResponse, Transport, TransportError};
-use crate::clock::tests::ManualClock;
+use crate::aws::{
+    answers, AwsClient, CredentialsSource, Endpoints, HttpResponse, RotatorIdentity, Transport,
+    TransportError,
+};
+use crate::clock::tests::{ManualClock, ManualTime};
+use crate::fake_vault::FakeVault;
 
 /// AWS refuses a request signed further than this from its own clock.
 const MAX_SKEW: chrono::Duration = chrono::Duration::minutes(5);
@@ -58,6 +62,8 @@ pub struct FakeAws {
     pub imds_expirations: RefCell<Vec<DateTime<Utc>>>,
     pub imds_fetches: Cell<usize>,
     pub hook: RefCell<Option<OnRequest>>,
+    /// Vault, at `http://vault.test`.
+    pub vault: FakeVault,
 }
 
 impl Default for FakeAws {
@@ -84,6 +90,7 @@ impl Default for FakeAws {
             imds_expirations: RefCell::default(),
             imds_fetches: Cell::new(0),
             hook: RefCell::new(None),
+            vault: FakeVault::default(),
         }
     }
 }
@@ -162,12 +169,29 @@ impl FakeAws {
         self.clock.true_now()
     }
 
+    /// A client of this fake whose own credentials come from `source`.
+    pub fn client_as(&self, source: CredentialsSource) -> AwsClient<'_, &FakeAws, ManualTime> {
+        let identity = RotatorIdentity {
+            source,
+            role_arn: None,
+        };
+        let endpoints = Endpoints {
+            sts: "http://sts.test".into(),
+            secrets_manager: "http://sm.test".into(),
+            ssm: "http://ssm.test".into(),
+        };
+        AwsClient::new(self, &self.clock, identity, "us-east-1", endpoints)
+    }
+
     /// Calls `hook` with each AWS call's description before it is answered.
     pub fn on_request(&self, hook: impl Fn(&FakeAws, &str) + 'static) {
         *self.hook.borrow_mut() = Some(Box::new(hook));
     }
 
     fn answer(&self, request: &http::Request<Vec<u8>>) -> HttpResponse {
+        if request.uri().host() == Some("vault.test") {
+            return self.vault.answer(request, self.now());
+        }
         if request.uri().path().starts_with("/latest/") {
             return self.imds(request.uri().path());
         }

@@ -48,10 +48,18 @@ pub const SETTLE: Duration = Duration::from_millis(100);
 /// within this.
 pub const RECHECK: Duration = Duration::from_secs(1);
 
-/// Reads of the lease that fail are tried this many times in all, with a short pause,
-/// before the lease counts as lost: a store that blinks does not end a tick.
-const STORE_ATTEMPTS: u32 = 3;
-const STORE_RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// The pauses between reads of the lease that fail, before it counts as lost: a store
+/// that blinks (Redis restarted, back from its append-only file in a second or two) does
+/// not end a tick. Three seconds in all, at most half of what the fence keeps beyond a
+/// request's timeout (see [`LeasePolicy::for_requests`]), so a write the fence admits
+/// after waiting them out still ends before the lease does.
+const STORE_RETRY_PAUSES: [Duration; 5] = [
+    Duration::from_millis(100),
+    Duration::from_millis(200),
+    Duration::from_millis(400),
+    Duration::from_millis(800),
+    Duration::from_millis(1500),
+];
 
 /// How long a lease lives: renewed when half is left, so that any write started under
 /// it outlasts its request timeout with room to spare, and a holder that died blocks the
@@ -88,6 +96,12 @@ impl LeasePolicy {
 struct LeaseRecord {
     holder: String,
     expires_at: DateTime<Utc>,
+    /// When the holder took the lease, kept through its renewals and dropped at its
+    /// release: how long a tick has held it, for `/metrics`. Absent in the records of
+    /// earlier versions (during a rolling upgrade, an earlier version that takes over an
+    /// expired lease keeps the last holder's, as it keeps every field it does not know).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    acquired_at: Option<DateTime<Utc>>,
     /// Fields a newer version wrote, kept as they are.
     #[serde(flatten)]
     other: serde_json::Map<String, serde_json::Value>,
@@ -169,6 +183,7 @@ impl<'a, K: KeyValue, S: TimeSource> Lease<'a, K, S> {
         let wanted = LeaseRecord {
             holder: holder.to_owned(),
             expires_at: now + chrono_duration(policy.ttl),
+            acquired_at: Some(now),
             other: record.map(|r| r.other).unwrap_or_default(),
         };
         store.swap(LEASE_KEY, current.as_deref(), &wanted.to_bytes())?;
@@ -233,13 +248,22 @@ impl<'a, K: KeyValue, S: TimeSource> Lease<'a, K, S> {
         .await
     }
 
-    /// Ends the lease now (in AWS time), unless someone has taken it over meanwhile.
+    /// Ends the lease now (in AWS time), unless someone has taken it over meanwhile. A
+    /// lease lost only because the store could not be read is given back too, if the
+    /// store shows it again: the next tick need not wait for it to expire to repair what
+    /// this one left.
     pub fn release(self) -> Result<(), StoreError> {
-        if self.lost.borrow().is_some() {
+        if matches!(
+            *self.lost.borrow(),
+            Some(LeaseError::TakenOver(_) | LeaseError::Foreign | LeaseError::TimeUnknown)
+        ) {
             return Ok(());
         }
+        // Without its holder's start: a released lease is held by no one, whatever the
+        // clock of a node that reads it says of its expiry.
         let ended = LeaseRecord {
             expires_at: self.clock.now(),
+            acquired_at: None,
             ..self.written.borrow().clone()
         };
         let old = self.written.borrow().to_bytes();
@@ -289,21 +313,37 @@ impl<'a, K: KeyValue, S: TimeSource> Lease<'a, K, S> {
     }
 }
 
-/// The lease key's value, read again after a short pause when the store fails.
+/// The lease key's value, read again after each of [`STORE_RETRY_PAUSES`] while the
+/// store fails.
 async fn read_retrying<S: TimeSource>(
     store: &impl KeyValue,
     clock: &Clock<S>,
 ) -> Result<Option<Vec<u8>>, StoreError> {
-    let mut attempt = 1;
-    loop {
+    for pause in STORE_RETRY_PAUSES {
         match store.get(LEASE_KEY) {
-            Err(_) if attempt < STORE_ATTEMPTS => {
-                clock.sleep(STORE_RETRY_PAUSE * attempt).await;
-                attempt += 1;
-            }
+            Err(_) => clock.sleep(pause).await,
             result => return result,
         }
     }
+    store.get(LEASE_KEY)
+}
+
+/// The lease as the stored record shows it, for `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holding {
+    pub expires_at: DateTime<Utc>,
+    pub acquired_at: Option<DateTime<Utc>>,
+}
+
+/// Reads the lease record; `None` when there is none, or none of this application's.
+pub fn holding(store: &impl KeyValue) -> Result<Option<Holding>, StoreError> {
+    let record = store.get(LEASE_KEY)?;
+    Ok(record
+        .and_then(|bytes| read_record(&bytes).ok())
+        .map(|record| Holding {
+            expires_at: record.expires_at,
+            acquired_at: record.acquired_at,
+        }))
 }
 
 fn read_record(bytes: &[u8]) -> Result<LeaseRecord, LeaseError> {
@@ -423,6 +463,32 @@ mod tests {
         assert_eq!(record(&store)["epoch"], 7, "and a release");
     }
 
+    #[test]
+    fn when_the_holder_took_the_lease_is_kept_through_its_renewals() {
+        let (store, clock) = (MemoryStore::default(), clock());
+        let taken = clock.now();
+        let lease = held(&store, &clock, "a");
+        clock.advance(Duration::from_secs(200));
+        block_on(lease.renew()).unwrap();
+        let renewed = holding(&store).unwrap().unwrap();
+        assert_eq!(renewed.acquired_at, Some(taken));
+        assert_eq!(renewed.expires_at, clock.now() + chrono_duration(TTL));
+        lease.release().unwrap();
+        let released = holding(&store).unwrap().unwrap();
+        assert_eq!(
+            (released.acquired_at, released.expires_at),
+            (None, clock.now())
+        );
+        store
+            .set(
+                LEASE_KEY,
+                br#"{"holder":"old","expires_at":"2030-01-01T00:00:00Z"}"#,
+            )
+            .unwrap();
+        let older = holding(&store).unwrap().unwrap();
+        assert_eq!(older.acquired_at, None, "an earlier version's record");
+    }
+
     /// Spin's Redis store reports a swap as failed after writing, and a lost race as
     /// success: neither answer is used, so only what is read back counts.
     #[test]
@@ -436,6 +502,7 @@ mod tests {
         let other = LeaseRecord {
             holder: "racer".into(),
             expires_at: clock.now() + chrono_duration(TTL),
+            acquired_at: None,
             other: Default::default(),
         }
         .to_bytes();
@@ -462,6 +529,7 @@ mod tests {
         let theirs = LeaseRecord {
             holder: "b".into(),
             expires_at: clock.now() + chrono_duration(TTL),
+            acquired_at: None,
             other: Default::default(),
         };
         store.set(LEASE_KEY, &theirs.to_bytes()).unwrap();
@@ -557,20 +625,33 @@ mod tests {
         let _next = held(&released_store, &honest, "honest");
     }
 
-    /// A store that blinks is read again before the lease counts as lost.
+    /// A store that blinks is read again, for three seconds, before the lease counts as
+    /// lost; a lease lost so is given back once the store answers again.
     #[test]
     fn store_read_errors_are_retried_before_the_lease_counts_as_lost() {
         let store = RacedStore::default();
         let clock = clock();
         let lease = held(&store, &clock, "a");
-        store.failing_gets.set(STORE_ATTEMPTS - 1);
+        let retries = STORE_RETRY_PAUSES.len() as u32;
+        store.failing_gets.set(retries);
         block_on(lease.confirm()).unwrap();
         assert!(lease.lost().is_none());
-        store.failing_gets.set(STORE_ATTEMPTS);
+        let waited: Duration = STORE_RETRY_PAUSES.iter().sum();
+        assert_eq!(waited, Duration::from_secs(3));
+        store.failing_gets.set(retries + 1);
         assert!(matches!(
             block_on(lease.confirm()),
             Err(LeaseError::Store(_))
         ));
+        lease.release().unwrap();
+        let record: serde_json::Value =
+            serde_json::from_slice(&store.inner.get(LEASE_KEY).unwrap().unwrap()).unwrap();
+        let expires: DateTime<Utc> = serde_json::from_value(record["expires_at"].clone()).unwrap();
+        assert_eq!(
+            expires,
+            clock.now(),
+            "given back: the next tick need not wait"
+        );
     }
 
     #[test]
@@ -580,9 +661,18 @@ mod tests {
         assert_eq!(short.ttl, Duration::from_secs(30));
         let default = LeasePolicy::for_requests(Duration::from_secs(20));
         assert_eq!(default.ttl, Duration::from_secs(75));
-        for (policy, timeout) in [(short, 3), (default, 20)] {
+        let store_waits: Duration = STORE_RETRY_PAUSES.iter().sum();
+        for (policy, timeout) in [
+            (short, 3),
+            (default, 20),
+            (LeasePolicy::for_requests(Duration::from_secs(1)), 1),
+        ] {
             let needed = Duration::from_secs(timeout) + LeasePolicy::MARGIN;
             assert!(policy.renew_below() >= needed + needed / 2);
+            assert!(
+                store_waits <= needed / 2,
+                "a blinking store's wait fits the margin"
+            );
         }
     }
 }

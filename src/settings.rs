@@ -10,10 +10,13 @@ use crate::aws::endpoints::{check_endpoint, EndpointOverrides, Endpoints};
 use crate::aws::ssm;
 use crate::aws::{CredentialsSource, RotatorCredentials, RotatorIdentity};
 use crate::config::is_role_arn;
+use crate::names::name_problem;
 use crate::retry::RetryPolicy;
 use crate::roles::AllowedRoles;
-use crate::template::{SecretFormat, SecretPathTemplate, SecretSink};
+use crate::sink::{SecretSinks, Sink};
+use crate::template::{SecretFormat, SecretPathTemplate};
 use crate::timing::Timing;
+use crate::vault::{self, KvVersion, VaultAuth, VaultSettings};
 
 /// Reads one application variable; `None` (or an empty string) means unset.
 pub trait Variables {
@@ -37,8 +40,8 @@ pub struct RotationRules {
     pub timing: Timing,
     /// The whole tick, retries included, fits in this; the rest waits for the next tick.
     pub tick_budget: Duration,
-    /// Where the credentials go: Secrets Manager, Parameter Store, or both.
-    pub sink: SecretSink,
+    /// Where the credentials go: any of Secrets Manager, Parameter Store and Vault.
+    pub sink: SecretSinks,
     /// Secrets Manager writes started per second at most; 0 lifts the limit.
     pub writes_per_second: u32,
     /// Parameter Store writes started per second at most; 0 lifts the limit.
@@ -63,7 +66,7 @@ impl Default for RotationRules {
             max_concurrency: 32,
             timing: Timing::default(),
             tick_budget: Duration::from_secs(180),
-            sink: SecretSink::default(),
+            sink: SecretSinks::default(),
             writes_per_second: 40,
             ssm_writes_per_second: ssm::DEFAULT_WRITES_PER_SECOND,
             ssm_key_id: None,
@@ -112,6 +115,8 @@ pub struct Settings {
     pub region: String,
     pub endpoints: Endpoints,
     pub rules: RotationRules,
+    /// Set when `secret_sink` lists `vault`.
+    pub vault: Option<VaultSettings>,
 }
 
 impl Settings {
@@ -125,11 +130,16 @@ impl Settings {
             role_session: identity.role_session(),
             ..rules(&read)?
         };
+        let vault = match rules.sink.contains(Sink::Vault) {
+            true => Some(vault(&read, &rules.template)?),
+            false => None,
+        };
         Ok(Self {
             identity,
             endpoints: endpoints(&read, &region)?,
             region,
             rules,
+            vault,
         })
     }
 }
@@ -220,7 +230,11 @@ fn rules(read: &Reader<'_, impl Variables>) -> anyhow::Result<RotationRules> {
     let template: SecretPathTemplate = read
         .parsed("secret_path_template")?
         .unwrap_or(defaults.template);
-    if let Some(problem) = template.parameter_store_problem().filter(|_| sink.ssm()) {
+    let writes_parameters = sink.contains(Sink::ParameterStore);
+    if let Some(problem) = template
+        .parameter_store_problem()
+        .filter(|_| writes_parameters)
+    {
         bail!(problem);
     }
     Ok(RotationRules {
@@ -269,6 +283,75 @@ fn rules(read: &Reader<'_, impl Variables>) -> anyhow::Result<RotationRules> {
         )?,
         ..defaults
     })
+}
+
+/// The `vault_*` variables, read when `secret_sink` lists `vault`.
+fn vault(
+    read: &Reader<'_, impl Variables>,
+    template: &SecretPathTemplate,
+) -> anyhow::Result<VaultSettings> {
+    if let Some(problem) = vault::template_problem(template.team_prefix()) {
+        bail!("secret_path_template {:?}: {problem}", template.to_string());
+    }
+    // The manifest's default (an `.invalid` host, RFC 6761) is there only because an
+    // allowed host that renders empty stops Spin: it names no Vault.
+    let url = read
+        .optional("vault_url")?
+        .filter(|url| !url.trim_end_matches('/').ends_with(".invalid"))
+        .context("variable vault_url is required when secret_sink lists vault, such as https://vault.example.com:8200")?;
+    let mount = read
+        .optional("vault_kv_mount")?
+        .unwrap_or_else(|| "concourse".to_owned());
+    Ok(VaultSettings {
+        url: check_endpoint("vault_url", &url).map_err(anyhow::Error::msg)?,
+        namespace: read.optional("vault_namespace")?,
+        mount: mount_path("vault_kv_mount", mount)?,
+        kv_version: read.parsed("vault_kv_version")?.unwrap_or(KvVersion::Auto),
+        writes_per_second: read.number(
+            "vault_writes_per_second",
+            0..=1000,
+            vault::DEFAULT_WRITES_PER_SECOND.into(),
+        )? as u32,
+        auth: vault_auth(read)?,
+    })
+}
+
+/// `vault_auth`: `aws`, `approle` or `token`; unset, AppRole when `vault_role_id` is
+/// set, the token when `vault_token` is, else AWS (no standing Vault secret).
+fn vault_auth(read: &Reader<'_, impl Variables>) -> anyhow::Result<VaultAuth> {
+    let chosen = read.optional("vault_auth")?;
+    let method = match chosen.as_deref() {
+        Some(method) => method,
+        None if read.optional("vault_role_id")?.is_some() => "approle",
+        None if read.optional("vault_token")?.is_some() => "token",
+        None => "aws",
+    };
+    Ok(match method {
+        "aws" => VaultAuth::Aws {
+            mount: mount_path(
+                "vault_aws_auth_mount",
+                read.optional("vault_aws_auth_mount")?
+                    .unwrap_or_else(|| "aws".to_owned()),
+            )?,
+            role: read.optional("vault_aws_role")?,
+            server_id: read.optional("vault_aws_server_id")?,
+        },
+        "approle" => VaultAuth::AppRole {
+            role_id: read.required("vault_role_id")?,
+            secret_id: read.required("vault_secret_id")?.into(),
+        },
+        "token" => VaultAuth::Token(read.required("vault_token")?.into()),
+        other => bail!("variable vault_auth must be aws, approle or token, got {other:?}"),
+    })
+}
+
+/// A mount path such as `concourse` or `secret/concourse`: segments of the name alphabet
+/// (ASCII letters, digits, `_`, `.` and `-`), separated by `/`.
+fn mount_path(variable: &str, path: String) -> anyhow::Result<String> {
+    if let Some(problem) = path.split('/').find_map(|segment| name_problem(segment, 1)) {
+        bail!("variable {variable} must be a Vault path such as concourse or secret/concourse: each segment {problem}; got {path:?}");
+    }
+    Ok(path)
 }
 
 fn ssm_key_id(read: &Reader<'_, impl Variables>) -> anyhow::Result<Option<String>> {
@@ -448,7 +531,7 @@ pub(crate) mod tests {
         assert_eq!(rules.request_timeout, Duration::from_secs(2));
         assert_eq!(rules.writes_per_second, 0);
         assert_eq!(rules.secret_format, crate::template::SecretFormat::Both);
-        assert_eq!(rules.sink, SecretSink::Both);
+        assert_eq!(rules.sink, "both".parse().unwrap());
         assert_eq!(rules.ssm_writes_per_second, 5);
         assert_eq!(rules.ssm_key_id.as_deref(), Some("alias/concourse"));
         assert_eq!(settings.endpoints.ssm, "http://127.0.0.1:5001");
@@ -581,6 +664,105 @@ pub(crate) mod tests {
             error.contains("secret_path_template") && error.contains("'+'"),
             "{error}"
         );
+    }
+
+    fn vault(extra: &[(&str, &str)]) -> anyhow::Result<VaultSettings> {
+        let mut pairs = vec![
+            ("secret_sink", "secretsmanager,vault"),
+            ("vault_url", "https://vault.example.com:8200/"),
+        ];
+        pairs.extend_from_slice(extra);
+        Ok(with(&pairs)?.vault.expect("secret_sink lists vault"))
+    }
+
+    #[test]
+    fn vault_settings_default_to_concourses_layout_and_the_aws_login() {
+        let settings = vault(&[]).unwrap();
+        assert_eq!(settings.url, "https://vault.example.com:8200");
+        assert_eq!(settings.mount, "concourse");
+        assert_eq!(settings.kv_version, KvVersion::Auto);
+        assert_eq!(settings.writes_per_second, vault::DEFAULT_WRITES_PER_SECOND);
+        assert!(matches!(
+            settings.auth,
+            VaultAuth::Aws { ref mount, role: None, server_id: None } if mount == "aws"
+        ));
+        assert!(
+            with(&[]).unwrap().vault.is_none(),
+            "read only for the vault sink"
+        );
+        let set = vault(&[
+            ("vault_namespace", "platform"),
+            ("vault_kv_mount", "secret/concourse"),
+            ("vault_kv_version", "1"),
+            ("vault_writes_per_second", "0"),
+            ("vault_aws_auth_mount", "aws-prod"),
+            ("vault_aws_role", "concourse-sts"),
+            ("vault_aws_server_id", "vault.example.com"),
+        ])
+        .unwrap();
+        assert_eq!(set.namespace.as_deref(), Some("platform"));
+        assert_eq!(
+            (set.mount.as_str(), set.kv_version),
+            ("secret/concourse", KvVersion::V1)
+        );
+        assert_eq!(set.writes_per_second, 0);
+        let VaultAuth::Aws {
+            mount,
+            role,
+            server_id,
+        } = set.auth
+        else {
+            panic!("aws");
+        };
+        assert_eq!(mount, "aws-prod");
+        assert_eq!(role.as_deref(), Some("concourse-sts"));
+        assert_eq!(server_id.as_deref(), Some("vault.example.com"));
+    }
+
+    #[test]
+    fn the_vault_login_follows_what_is_set() {
+        let approle = vault(&[("vault_role_id", "r"), ("vault_secret_id", "S3CRET")]).unwrap();
+        assert!(matches!(approle.auth, VaultAuth::AppRole { ref role_id, .. } if role_id == "r"));
+        let token = vault(&[("vault_token", "hvs.T0KEN")]).unwrap();
+        assert!(matches!(token.auth, VaultAuth::Token(_)));
+        let printed = format!("{approle:?} {token:?}");
+        assert!(
+            !printed.contains("S3CRET") && !printed.contains("T0KEN"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn vault_errors_name_the_variable_and_never_a_secret() {
+        let cases: [(&[(&str, &str)], &str); 8] = [
+            (&[("vault_url", "")], "variable vault_url is required"),
+            (
+                &[("vault_url", "https://vault.invalid")],
+                "variable vault_url is required",
+            ),
+            (&[("vault_url", "vault:8200")], "vault_url"),
+            (
+                &[("vault_kv_mount", "/concourse")],
+                "variable vault_kv_mount",
+            ),
+            (&[("vault_kv_version", "3")], "variable vault_kv_version"),
+            (&[("vault_auth", "userpass")], "variable vault_auth"),
+            (
+                &[("vault_auth", "approle"), ("vault_secret_id", "S3CRET")],
+                "variable vault_role_id is required",
+            ),
+            (
+                &[("secret_path_template", "/{{.Team}}/{{.Account}}")],
+                "maps onto vault_kv_mount",
+            ),
+        ];
+        for (pairs, expected) in cases {
+            let error = format!("{:#}", vault(pairs).unwrap_err());
+            assert!(error.contains(expected), "{pairs:?}: {error}");
+            assert!(!error.contains("S3CRET"), "{error}");
+        }
+        let error = format!("{:#}", with(&[("secret_sink", "vault")]).unwrap_err());
+        assert!(error.contains("vault_url"), "{error}");
     }
 
     #[test]

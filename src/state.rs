@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::AccountConfig;
-use crate::template::{SecretFormat, SecretPath, SecretSink};
+use crate::sink::SecretSinks;
+use crate::template::{SecretFormat, SecretPath};
 
 /// The key prefix of team state documents.
 pub const STATE_PREFIX: &str = "state/";
@@ -120,8 +121,8 @@ pub struct AccountState {
     /// repair that keeps failing rewrites the siblings at most once per ten minutes.
     #[serde(default)]
     pub partial_write_at: Option<DateTime<Utc>>,
-    /// When each sink last received a complete set (with `secret_sink = both`, the
-    /// account is rotated only when both have), by the sink's name: a sink a newer
+    /// When each sink last received a complete set (with several in `secret_sink`, the
+    /// account is rotated only when all have), by the sink's name: a sink a newer
     /// version writes to is kept like any other.
     #[serde(default)]
     pub sinks: BTreeMap<String, DateTime<Utc>>,
@@ -148,6 +149,20 @@ pub enum Stage {
     State,
 }
 
+impl Stage {
+    /// The stage as stored and logged (its serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::RoleNotAllowed => "role_not_allowed",
+            Stage::Config => "config",
+            Stage::SecretPath => "secret_path",
+            Stage::AssumeRole => "assume_role",
+            Stage::WriteSecrets => "write_secrets",
+            Stage::State => "state",
+        }
+    }
+}
+
 /// The last failure of an account, without any credential.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LastError {
@@ -166,7 +181,7 @@ pub fn fingerprint(
     account: &AccountConfig,
     path: &SecretPath,
     format: SecretFormat,
-    sink: SecretSink,
+    sinks: &SecretSinks,
 ) -> String {
     digest(&[
         account.role_arn.as_bytes(),
@@ -174,7 +189,7 @@ pub fn fingerprint(
         account.external_id.as_deref().unwrap_or("").as_bytes(),
         path.as_str().as_bytes(),
         format.as_str().as_bytes(),
-        sink.as_str().as_bytes(),
+        sinks.to_string().as_bytes(),
     ])
 }
 
@@ -222,7 +237,7 @@ pub(crate) mod tests {
             external_id: None,
         };
         let path = crate::template::SecretPathTemplate::default().render("t", "a");
-        let sm = SecretSink::SecretsManager;
+        let sm = &SecretSinks::default();
         let base = fingerprint(&account, &path, SecretFormat::Split, sm);
         assert_eq!(base.len(), 16);
         assert_eq!(
@@ -237,7 +252,12 @@ pub(crate) mod tests {
         assert_ne!(base, fingerprint(&account, &path, SecretFormat::Json, sm));
         assert_ne!(
             base,
-            fingerprint(&account, &path, SecretFormat::Split, SecretSink::Both)
+            fingerprint(
+                &account,
+                &path,
+                SecretFormat::Split,
+                &"both".parse().unwrap()
+            )
         );
         let moved = crate::template::SecretPathTemplate::default().render("t", "b");
         assert_ne!(base, fingerprint(&account, &moved, SecretFormat::Split, sm));
@@ -282,6 +302,21 @@ pub(crate) mod tests {
             written["accounts"]["a"]["sinks"]["vault"],
             "2030-01-01T00:00:00Z"
         );
+    }
+
+    #[test]
+    fn a_stages_name_is_its_serde_name() {
+        use Stage::*;
+        for stage in [
+            RoleNotAllowed,
+            Config,
+            SecretPath,
+            AssumeRole,
+            WriteSecrets,
+            State,
+        ] {
+            assert_eq!(serde_json::to_value(stage).unwrap(), stage.as_str());
+        }
     }
 
     #[test]

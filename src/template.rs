@@ -1,4 +1,4 @@
-//! Secret path templates, in the Lambda's Go-template spelling.
+//! Secret path templates, in the Lambda's Go-template spelling, and the secret formats.
 //!
 //! The Lambda accepted `/concourse/{{.Team}}/{{.Account}}`; so does this, and nothing
 //! else: an unknown placeholder is an error at start-up rather than an empty string in a
@@ -8,7 +8,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::names::{describe_char, is_secret_name_char, MAX_SECRET_NAME_LEN};
+use crate::names::{describe_char, is_secret_name_char};
 
 /// The Lambda's default, which is also Concourse's default team-level lookup path.
 pub const DEFAULT_TEMPLATE: &str = "/concourse/{{.Team}}/{{.Account}}";
@@ -174,6 +174,15 @@ impl SecretPathTemplate {
 }
 
 impl SecretPathTemplate {
+    /// The literal text before `{{.Team}}`, such as `/concourse/`: what Concourse's path
+    /// prefix matches.
+    pub fn team_prefix(&self) -> &str {
+        match self.parts.first() {
+            Some(Part::Literal(text)) => text,
+            _ => "",
+        }
+    }
+
     /// Why Parameter Store could not take this template's names, whatever the teams
     /// (its alphabet is narrower than Secrets Manager's: no `+`, `=` or `@`; names in a
     /// hierarchy start with `/`; at most 15 levels; no `aws`/`ssm` first segment).
@@ -235,79 +244,6 @@ impl SecretFormat {
     }
 }
 
-/// Where an account's credentials are written (`secret_sink`): Secrets Manager, where
-/// Concourse's `secretsmanager` credential manager reads, Parameter Store, for its `ssm`
-/// one, or both.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SecretSink {
-    #[default]
-    SecretsManager,
-    Ssm,
-    Both,
-}
-
-impl FromStr for SecretSink {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text.trim() {
-            "secretsmanager" => Ok(Self::SecretsManager),
-            "ssm" => Ok(Self::Ssm),
-            "both" => Ok(Self::Both),
-            other => Err(format!(
-                "secret_sink {other:?} must be secretsmanager, ssm or both"
-            )),
-        }
-    }
-}
-
-/// One service credentials are written to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Sink {
-    SecretsManager,
-    ParameterStore,
-}
-
-impl Sink {
-    /// The name the state documents record it by.
-    pub fn name(self) -> &'static str {
-        match self {
-            Sink::SecretsManager => "secretsmanager",
-            Sink::ParameterStore => "ssm",
-        }
-    }
-}
-
-impl SecretSink {
-    /// The services written to, in a stable order.
-    pub fn sinks(self) -> Vec<Sink> {
-        let mut sinks = Vec::new();
-        if self.secrets_manager() {
-            sinks.push(Sink::SecretsManager);
-        }
-        if self.ssm() {
-            sinks.push(Sink::ParameterStore);
-        }
-        sinks
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::SecretsManager => "secretsmanager",
-            Self::Ssm => "ssm",
-            Self::Both => "both",
-        }
-    }
-
-    pub fn secrets_manager(self) -> bool {
-        matches!(self, Self::SecretsManager | Self::Both)
-    }
-
-    pub fn ssm(self) -> bool {
-        matches!(self, Self::Ssm | Self::Both)
-    }
-}
-
 /// The rendered path of one account; the three secret names hang off it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(transparent)]
@@ -317,20 +253,6 @@ impl SecretPath {
     /// The three secret names in the Lambda's layout, in the order of [`SECRET_SUFFIXES`].
     pub fn secret_names(&self) -> [String; 3] {
         SECRET_SUFFIXES.map(|suffix| format!("{}{suffix}", self.0))
-    }
-
-    /// Why one of the names `format` writes under this path could not be written to every
-    /// sink of `sink`: too long for Secrets Manager, or not a name Parameter Store takes.
-    pub fn problem(&self, format: SecretFormat, sink: SecretSink) -> Option<String> {
-        self.names(format).into_iter().find_map(|name| {
-            if sink.secrets_manager() && name.len() > MAX_SECRET_NAME_LEN {
-                return Some(format!(
-                    "secret name {name:?} is longer than Secrets Manager's {MAX_SECRET_NAME_LEN} characters"
-                ));
-            }
-            let problem = crate::aws::ssm::parameter_name_problem(&name).filter(|_| sink.ssm())?;
-            Some(format!("parameter name {name:?} {problem}"))
-        })
     }
 
     /// Every secret name `format` writes for this path.
@@ -470,52 +392,9 @@ mod tests {
     }
 
     #[test]
-    fn secret_sinks() {
-        assert_eq!("ssm".parse(), Ok(SecretSink::Ssm));
-        assert_eq!(" both".parse(), Ok(SecretSink::Both));
-        assert_eq!("secretsmanager".parse(), Ok(SecretSink::SecretsManager));
-        assert!("vault"
-            .parse::<SecretSink>()
-            .unwrap_err()
-            .contains("secret_sink"));
-        assert!(SecretSink::Both.ssm() && SecretSink::Both.secrets_manager());
-        assert!(!SecretSink::Ssm.secrets_manager() && !SecretSink::SecretsManager.ssm());
-    }
-
-    #[test]
-    fn overlong_rendered_names_are_refused_by_the_sink_they_do_not_fit() {
-        let long = "a".repeat(64);
-        let default = SecretPathTemplate::default().render(&long, &long);
-        assert_eq!(default.problem(SecretFormat::Both, SecretSink::Both), None);
-        let template: SecretPathTemplate =
-            format!("/{}/{{{{.Team}}}}/{{{{.Account}}}}", "p".repeat(400))
-                .parse()
-                .unwrap();
-        let path = template.render(&long, &long);
-        let error = path
-            .problem(SecretFormat::Split, SecretSink::SecretsManager)
-            .unwrap();
-        assert!(
-            error.contains("longer than Secrets Manager's 512"),
-            "{error}"
-        );
-        assert_eq!(
-            path.problem(SecretFormat::Split, SecretSink::Ssm),
-            None,
-            "Parameter Store takes names of up to 947 characters"
-        );
-        let error = path.problem(SecretFormat::Split, SecretSink::Both).unwrap();
-        assert!(error.contains("Secrets Manager's 512"), "{error}");
-        let reserved = SecretPathTemplate::default().render("t", "a");
-        assert_eq!(reserved.problem(SecretFormat::Split, SecretSink::Ssm), None);
-        let awsteam: SecretPathTemplate = "/{{.Team}}/{{.Account}}".parse().unwrap();
-        let error = awsteam
-            .render("awsteam", "a")
-            .problem(SecretFormat::Json, SecretSink::Ssm)
-            .unwrap();
-        assert!(
-            error.starts_with("parameter name \"/awsteam/a\" must not start"),
-            "{error}"
-        );
+    fn the_team_prefix_is_the_literal_before_the_team() {
+        assert_eq!(SecretPathTemplate::default().team_prefix(), "/concourse/");
+        let template: SecretPathTemplate = "ci/{{.Team}}/{{.Account}}".parse().unwrap();
+        assert_eq!(template.team_prefix(), "ci/");
     }
 }

@@ -73,13 +73,46 @@ fn call_with(
         authorization,
     };
     let read_body = || async { body.as_bytes().to_vec() };
-    futures::executor::block_on(handle(&request, token, read_body, || Ok(store), rotator))
+    futures::executor::block_on(handle(
+        &request,
+        admin(token),
+        &judgement(),
+        read_body,
+        || Ok(store),
+        rotator,
+    ))
+}
+
+fn admin(token: Option<&str>) -> Tokens<'_> {
+    Tokens {
+        admin: token,
+        metrics: None,
+    }
+}
+
+/// No rules (the plan's refusals unknown), at minute 40 of the test moment.
+fn judgement() -> Judgement {
+    Judgement {
+        rules: None,
+        now: crate::state::tests::at(40),
+    }
+}
+
+impl ApiResponse {
+    /// The JSON body of an answer that has one.
+    fn into_json(self) -> Value {
+        match self.body {
+            Some(Body::Json(value)) => value,
+            other => panic!("not JSON: {other:?}"),
+        }
+    }
 }
 
 fn code(response: &ApiResponse) -> &str {
-    response.body.as_ref().unwrap()["error"]["code"]
-        .as_str()
-        .unwrap()
+    match &response.body {
+        Some(Body::Json(value)) => value["error"]["code"].as_str().unwrap(),
+        other => panic!("not JSON: {other:?}"),
+    }
 }
 
 #[test]
@@ -110,7 +143,7 @@ fn without_a_configured_token_every_other_route_is_forbidden_and_says_why() {
         );
         assert_eq!(response.status, 403);
         assert_eq!(code(&response), "admin_api_disabled");
-        let message = response.body.unwrap()["error"]["message"]
+        let message = response.into_json()["error"]["message"]
             .as_str()
             .unwrap()
             .to_owned();
@@ -140,7 +173,7 @@ fn a_missing_or_wrong_token_is_unauthorized() {
         assert_eq!(response.status, 401, "{header:?}");
         assert_eq!(code(&response), "unauthorized");
         assert!(
-            !response.body.unwrap().to_string().contains(TOKEN),
+            !response.into_json().to_string().contains(TOKEN),
             "the token is never echoed"
         );
     }
@@ -198,7 +231,8 @@ fn the_body_is_not_read_before_the_token_is_checked() {
     };
     let response = futures::executor::block_on(handle(
         &request,
-        Some(TOKEN),
+        admin(Some(TOKEN)),
+        &judgement(),
         read_body,
         open_store,
         &FakeRotator::default(),
@@ -230,7 +264,8 @@ fn the_store_is_opened_only_after_authorization() {
     let answer = |authorization| {
         futures::executor::block_on(handle(
             &request(authorization),
-            Some(TOKEN),
+            admin(Some(TOKEN)),
+            &judgement(),
             || async { Vec::new() },
             broken,
             &FakeRotator::default(),
@@ -238,12 +273,11 @@ fn the_store_is_opened_only_after_authorization() {
     };
     let stranger = answer(None);
     assert_eq!(stranger.status, 401);
-    assert!(!stranger.body.unwrap().to_string().contains("redis"));
+    assert!(!stranger.into_json().to_string().contains("redis"));
     let operator = answer(Some(&bearer));
     assert_eq!(operator.status, 503);
     assert!(operator
-        .body
-        .unwrap()
+        .into_json()
         .to_string()
         .contains("connection refused"));
 }
@@ -259,12 +293,12 @@ fn put_validates_stores_and_lists() {
     assert_eq!(store.text("team/alpha").as_deref(), Some(TEAM));
     assert_eq!(call(&store, "PUT", "/teams/alpha", TEAM).status, 200);
     assert_eq!(
-        call(&store, "GET", "/teams", "").body,
-        Some(json!({"teams": ["alpha"]}))
+        call(&store, "GET", "/teams", "").into_json(),
+        json!({"teams": ["alpha"]})
     );
     assert_eq!(
-        call(&store, "GET", "/teams/alpha", "").body,
-        Some(serde_json::from_str(TEAM).unwrap())
+        call(&store, "GET", "/teams/alpha", "").into_json(),
+        serde_json::from_str::<Value>(TEAM).unwrap()
     );
 }
 
@@ -275,7 +309,7 @@ fn an_invalid_document_is_refused_with_every_problem_and_not_stored() {
     let response = call(&store, "PUT", "/teams/alpha", body);
     assert_eq!(response.status, 400);
     assert_eq!(code(&response), "invalid_team");
-    let problems = &response.body.unwrap()["error"]["problems"];
+    let problems = &response.into_json()["error"]["problems"];
     let fields: Vec<&str> = problems
         .as_array()
         .unwrap()
@@ -327,7 +361,7 @@ fn status_shows_state_but_never_credentials() {
         .with("state/alpha", state);
     let response = call(&store, "GET", "/teams/alpha/status", "");
     assert_eq!(response.status, 200);
-    let account = &response.body.unwrap()["accounts"][0];
+    let account = &response.into_json()["accounts"][0];
     assert_eq!(account["account"], "dev");
     assert_eq!(account["last_written"], "2030-01-01T00:00:00Z");
     assert_eq!(account["expiration"], "2030-01-01T01:00:00Z");
@@ -345,7 +379,7 @@ fn status_shows_state_but_never_credentials() {
     );
     let response = call(&fresh, "GET", "/teams/alpha/status", "");
     assert_eq!(
-        response.body.unwrap()["accounts"][0]["next_rotation_due"],
+        response.into_json()["accounts"][0]["next_rotation_due"],
         "2030-01-01T00:28:00Z"
     );
 }
@@ -366,7 +400,7 @@ fn rotate_runs_the_team_and_reports_each_account() {
     );
     assert_eq!(response.status, 200);
     assert_eq!(rotator.asked.borrow().as_slice(), ["alpha"]);
-    let body = response.body.unwrap();
+    let body = response.into_json();
     assert_eq!(body["rotated"], 1);
     assert_eq!(
         body["outcomes"].as_array().unwrap().len(),
@@ -432,7 +466,7 @@ fn rotate_runs_the_team_and_reports_each_account() {
         Some(&authorization),
     );
     assert_eq!(all.status, 200);
-    assert_eq!(all.body.unwrap()["team"], Value::Null);
+    assert_eq!(all.into_json()["team"], Value::Null);
     assert_eq!(
         rotator.asked.borrow().last().map(String::as_str),
         Some("(all)")
@@ -481,10 +515,192 @@ proptest::proptest! {
         let store = MemoryStore::default().with("team/alpha", TEAM);
         let rotator = FakeRotator::default();
         let request = ApiRequest { method: &method, path: &path, authorization: authorization.as_deref() };
-        let response = futures::executor::block_on(handle(&request, Some(TOKEN), || async { body.clone() }, || Ok(&store), &rotator));
+        let response = futures::executor::block_on(handle(&request, admin(Some(TOKEN)), &judgement(), || async { body.clone() }, || Ok(&store), &rotator));
         if response.status >= 400 {
-            let body = response.body.unwrap();
+            let body = response.into_json();
             proptest::prop_assert!(body["error"]["code"].is_string() && body["error"]["message"].is_string());
         }
     }
+}
+
+// The whole deployment: the page, /status and /metrics.
+
+const METRICS: &str = "m3trics-token";
+
+fn overview_call(tokens: Tokens<'_>, path: &str, authorization: Option<&str>) -> ApiResponse {
+    let store = crate::overview::tests::every_condition();
+    let request = ApiRequest {
+        method: "GET",
+        path,
+        authorization,
+    };
+    let judgement = Judgement {
+        rules: Some(crate::overview::tests::allow_list()),
+        now: crate::state::tests::at(40),
+    };
+    let read_body = || async { Vec::new() };
+    let rotator = FakeRotator::default();
+    futures::executor::block_on(handle(
+        &request,
+        tokens,
+        &judgement,
+        read_body,
+        || Ok(&store),
+        &rotator,
+    ))
+}
+
+fn text(response: &ApiResponse) -> (&'static str, &'static [(&'static str, &'static str)], &str) {
+    match &response.body {
+        Some(Body::Text {
+            content_type,
+            headers,
+            text,
+        }) => (content_type, headers, text),
+        other => panic!("not a document: {other:?}"),
+    }
+}
+
+#[test]
+fn the_page_needs_no_token_and_its_policy_allows_its_own_script_and_style_only() {
+    let response = overview_call(Tokens::default(), "/", None);
+    assert_eq!(response.status, 200);
+    let (content_type, headers, page) = text(&response);
+    assert_eq!(content_type, "text/html; charset=utf-8");
+    let policy = headers
+        .iter()
+        .find(|(name, _)| *name == "content-security-policy")
+        .map(|(_, value)| *value)
+        .unwrap();
+    assert!(policy.starts_with("default-src 'none'; "), "{policy}");
+    for tag in ["script", "style"] {
+        let inline = page.split(&format!("<{tag}>")).nth(1).unwrap();
+        let inline = inline.split(&format!("</{tag}>")).next().unwrap();
+        let hash = aws_smithy_types::base64::encode(Sha256::digest(inline.as_bytes()));
+        assert!(
+            policy.contains(&format!("{tag}-src 'sha256-{hash}'")),
+            "the page's {tag} changed: its hash is now sha256-{hash}"
+        );
+    }
+    for outside in ["src=", "href=", "http:", "https:", "innerHTML"] {
+        assert!(!page.contains(outside), "{outside} in the page");
+    }
+    assert!(page.contains("sessionStorage") && !page.contains("localStorage"));
+}
+
+#[test]
+fn metrics_and_status_take_either_token_and_the_metrics_token_nothing_else() {
+    let both = Tokens {
+        admin: Some(TOKEN),
+        metrics: Some(METRICS),
+    };
+    let bearer = |token: &str| format!("Bearer {token}");
+    for path in ["/metrics", "/status"] {
+        for token in [METRICS, TOKEN] {
+            let response = overview_call(both, path, Some(&bearer(token)));
+            assert_eq!(response.status, 200, "{path}");
+        }
+        let stranger = overview_call(both, path, Some("Bearer nope"));
+        assert_eq!((stranger.status, code(&stranger)), (401, "unauthorized"));
+        let off = overview_call(Tokens::default(), path, Some(&bearer(METRICS)));
+        assert_eq!((off.status, code(&off)), (403, "metrics_disabled"));
+    }
+    let admin_only = overview_call(both, "/teams", Some(&bearer(METRICS)));
+    assert_eq!(
+        admin_only.status, 401,
+        "the metrics token opens no admin route"
+    );
+    let metrics_only = Tokens {
+        admin: None,
+        metrics: Some(METRICS),
+    };
+    assert_eq!(
+        overview_call(metrics_only, "/metrics", Some(&bearer(METRICS))).status,
+        200
+    );
+    let teams = overview_call(metrics_only, "/teams", Some(&bearer(METRICS)));
+    assert_eq!((teams.status, code(&teams)), (403, "admin_api_disabled"));
+}
+
+#[test]
+fn metrics_are_the_exposition_of_the_store() {
+    let response = overview_call(
+        admin(Some(TOKEN)),
+        "/metrics",
+        Some(&format!("Bearer {TOKEN}")),
+    );
+    let (content_type, _, exposition) = text(&response);
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(exposition.contains("concourse_sts_team_invalid{team=\"beta\"} 1\n"));
+}
+
+#[test]
+fn status_shows_every_team_and_account_with_its_state_and_never_a_credential() {
+    let response = overview_call(
+        admin(Some(TOKEN)),
+        "/status",
+        Some(&format!("Bearer {TOKEN}")),
+    );
+    let body = response.into_json();
+    assert_eq!(body["now"], "2030-03-17T18:26:40Z");
+    let rows: Vec<(String, bool, String, String)> = body["teams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|team| {
+            let name = team["team"].as_str().unwrap().to_owned();
+            let invalid = team["invalid"].as_bool().unwrap();
+            team["accounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |account| {
+                    let state = account["state"].as_str().unwrap().to_owned();
+                    (
+                        name.clone(),
+                        invalid,
+                        account["account"].as_str().unwrap().to_owned(),
+                        state,
+                    )
+                })
+        })
+        .collect();
+    let expected = [
+        ("alpha", false, "fresh", "fresh"),
+        ("alpha", false, "due", "due"),
+        ("alpha", false, "failing", "failing"),
+        ("alpha", false, "backing-off", "backing_off"),
+        ("alpha", false, "half", "half_written"),
+        ("alpha", false, "new", "due"),
+        ("gamma", false, "dev", "failing"),
+        ("beta", true, "old", "invalid_team"),
+    ];
+    let expected: Vec<(String, bool, String, String)> = expected
+        .iter()
+        .map(|(t, i, a, s)| (t.to_string(), *i, a.to_string(), s.to_string()))
+        .collect();
+    assert_eq!(rows, expected);
+    let gamma = &body["teams"][1]["accounts"][0];
+    assert_eq!(gamma["last_error"]["stage"], "role_not_allowed");
+    assert_eq!(gamma["last_error"]["permanent"], true);
+    let fields: Vec<&String> = body["teams"][0]["accounts"][0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "account",
+            "consecutive_failures",
+            "expiration",
+            "incomplete",
+            "last_error",
+            "last_written",
+            "next_attempt",
+            "next_rotation_due",
+            "role_arn",
+            "state"
+        ]
+    );
 }

@@ -4,14 +4,15 @@
 //! the SDKs do; an answer that refuses the rotator's own credentials fails the session
 //! (see [`super::session`]). Writes pass a [`Gate`] right before they are sent.
 
+use std::cell::RefCell;
 use std::future::Future;
 
 use super::endpoints::Endpoints;
 use super::error::{parse_error_answer, ErrorKind};
 use super::identity::{self, IdentityError, RotatorIdentity, SessionCredentials};
-use super::secrets::{self, Operation, SecretWrite};
+use super::secrets::{self, Operation};
 use super::session::{Keys, Session};
-use super::ssm::{self, ParameterWrite, ParameterWritten};
+use super::ssm;
 use super::sts::{self, AssumeRole};
 use super::transport::{HttpResponse, Transport};
 use super::{AssumedCredentials, AwsError};
@@ -35,26 +36,6 @@ impl Gate for () {
     }
 }
 
-/// What the caller knows of a secret or parameter before writing it, which picks the
-/// first call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expectation {
-    /// This sink has written the name before (the account rotated into it): a new
-    /// version.
-    Exists,
-    /// It never has (a new account, format or sink): create it.
-    Missing,
-}
-
-/// How a secret write ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Written {
-    /// A new version of an existing secret.
-    Updated,
-    /// The secret did not exist and was created.
-    Created,
-}
-
 /// The rotator identity's view of AWS: signed calls to STS, Secrets Manager and
 /// Parameter Store.
 pub struct AwsClient<'c, T, S> {
@@ -62,11 +43,18 @@ pub struct AwsClient<'c, T, S> {
     clock: &'c Clock<S>,
     endpoints: Endpoints,
     session: Session,
+    /// Requests sent since they were last taken, by service and outcome.
+    sent: RefCell<RequestCounts>,
 }
 
+/// Requests sent: (service (`sts`, `secretsmanager`, `ssm`), outcome (`ok`, or the
+/// error's [`ErrorKind::label`]), count), each pair once. A few dozen pairs at most, so
+/// a list: a map type would cost the component more code than it saves time.
+pub type RequestCounts = Vec<(&'static str, &'static str, u64)>;
+
 /// One request, before it is signed.
-struct Call<'a, B> {
-    service: &'a str,
+struct Call<B> {
+    service: &'static str,
     builder: B,
     body: Vec<u8>,
 }
@@ -84,7 +72,13 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
             clock,
             session: Session::new(identity, region),
             endpoints,
+            sent: RefCell::default(),
         }
+    }
+
+    /// The requests sent since the last call, for the deployment's counters.
+    pub fn take_request_counts(&self) -> RequestCounts {
+        self.sent.take()
     }
 
     /// Gets the rotator's credentials now (before a tick takes its lease), unless the
@@ -120,61 +114,45 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
         sts::parse_assume_role(&response).map_err(|error| self.session.redacted(error))
     }
 
-    /// Writes one secret: a new version if it exists, else the secret itself, trying
-    /// first what `expectation` says (a wrong guess costs one more call, and a mass
-    /// registration writes each secret in one call, not two). Both carry the write's
-    /// request token, so a retried write never adds a second version.
-    pub async fn write_secret(
+    /// Sends one Secrets Manager operation through `gate` (see [`secrets::write_secret`]).
+    pub async fn secrets_manager(
         &self,
         gate: &impl Gate,
-        write: &SecretWrite<'_>,
-        expectation: Expectation,
-    ) -> Result<Written, AwsError> {
-        let put = || self.secrets_manager(gate, secrets::put_secret_value(write));
-        if expectation == Expectation::Missing {
-            return self.create_secret(gate, write).await;
-        }
-        match put().await {
-            Err(error) if error.kind() == ErrorKind::NotFound => {
-                self.create_secret(gate, write).await
-            }
-            other => other.map(|()| Written::Updated),
-        }
+        operation: Operation,
+    ) -> Result<HttpResponse, AwsError> {
+        let endpoint = &self.endpoints.secrets_manager;
+        self.json_operation("secretsmanager", endpoint, gate, operation)
+            .await
     }
 
-    /// Creates the secret; when it exists after all (another writer created it, or it
-    /// was never ours to expect missing), our value still has to land as a new version.
-    async fn create_secret(
+    /// Sends one Parameter Store operation through `gate` (see [`ssm::write_parameter`]).
+    pub async fn parameter_store(
         &self,
         gate: &impl Gate,
-        write: &SecretWrite<'_>,
-    ) -> Result<Written, AwsError> {
-        let create = secrets::create_secret(write);
-        match self.secrets_manager(gate, create).await {
-            Err(error) if error.kind() == ErrorKind::AlreadyExists => {
-                let put = secrets::put_secret_value(write);
-                self.secrets_manager(gate, put)
-                    .await
-                    .map(|()| Written::Updated)
-            }
-            other => other.map(|()| Written::Created),
-        }
+        operation: Operation,
+    ) -> Result<HttpResponse, AwsError> {
+        self.json_operation(ssm::SERVICE, &self.endpoints.ssm, gate, operation)
+            .await
     }
 
-    /// Writes one parameter in the fewest calls for what the caller expects (see
-    /// [`ssm::write_parameter`]).
-    pub async fn write_parameter(
+    /// An `sts:GetCallerIdentity` request to the STS endpoint, with `headers` added and
+    /// signed as the rotator, and not sent: Vault's AWS auth method replays it to STS to
+    /// learn who is logging in (see [`crate::vault`]).
+    pub async fn signed_caller_identity(
         &self,
-        gate: &impl Gate,
-        write: &ParameterWrite<'_>,
-        expectation: Expectation,
-    ) -> Result<ParameterWritten, AwsError> {
-        let send =
-            |operation| self.json_operation(ssm::SERVICE, &self.endpoints.ssm, gate, operation);
-        match ssm::write_parameter(write, expectation, send).await {
-            Ok(written) => Ok(self.session.scrubbing(|secrets| written.redacted(secrets))),
-            Err(error) => Err(self.session.redacted(error)),
-        }
+        headers: &[(&str, &str)],
+    ) -> Result<http::Request<Vec<u8>>, AwsError> {
+        let keys = self.keys().await.map_err(AwsError::Credentials)?;
+        let call = self.sts_call(sts::GET_CALLER_IDENTITY.as_bytes().to_vec());
+        let mut request = unsigned(&call, headers)?;
+        keys.signer
+            .sign(call.service, &mut request, self.clock.now().into())?;
+        Ok(request)
+    }
+
+    /// `error` with every credential value of the rotator's session replaced.
+    pub fn redacted(&self, error: AwsError) -> AwsError {
+        self.session.redacted(error)
     }
 
     /// Why the rotator's credentials could not be had, or were refused, once they were.
@@ -216,7 +194,7 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
         })
     }
 
-    fn sts_call(&self, body: Vec<u8>) -> Call<'static, impl Fn() -> http::request::Builder + '_> {
+    fn sts_call(&self, body: Vec<u8>) -> Call<impl Fn() -> http::request::Builder + '_> {
         let builder = move || {
             http::Request::post(format!("{}/", self.endpoints.sts))
                 .header(http::header::CONTENT_TYPE, sts::CONTENT_TYPE)
@@ -232,22 +210,10 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
         self.call(gate, self.sts_call(body)).await
     }
 
-    async fn secrets_manager(
-        &self,
-        gate: &impl Gate,
-        operation: Operation,
-    ) -> Result<(), AwsError> {
-        let endpoint = &self.endpoints.secrets_manager;
-        let response = self
-            .json_operation("secretsmanager", endpoint, gate, operation)
-            .await?;
-        secrets::check_write(&response).map_err(|error| self.session.redacted(error))
-    }
-
     /// One call of a JSON 1.1 service (Secrets Manager, Parameter Store).
     async fn json_operation(
         &self,
-        service: &str,
+        service: &'static str,
         endpoint: &str,
         gate: &impl Gate,
         operation: Operation,
@@ -267,7 +233,7 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
 
     /// Signs with the session's keys and sends; an answer that refused the rotator's
     /// credentials fails the session.
-    async fn call<B>(&self, gate: &impl Gate, call: Call<'_, B>) -> Result<HttpResponse, AwsError>
+    async fn call<B>(&self, gate: &impl Gate, call: Call<B>) -> Result<HttpResponse, AwsError>
     where
         B: Fn() -> http::request::Builder,
     {
@@ -286,7 +252,7 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
         &self,
         keys: &Keys,
         gate: &impl Gate,
-        call: &Call<'_, B>,
+        call: &Call<B>,
     ) -> Result<HttpResponse, AwsError>
     where
         B: Fn() -> http::request::Builder,
@@ -294,12 +260,24 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
         let mut resent = false;
         loop {
             let offset = self.clock.offset();
-            let error = match self.send_once(keys, gate, call).await? {
-                response if response.status < 400 => return Ok(response),
-                response => self
-                    .session
-                    .redacted(parse_error_answer(&response, "an AWS")),
+            let response = match self.send_once(keys, gate, call).await {
+                Ok(response) => response,
+                Err(error) => {
+                    // Only a transport error was sent; the others never left.
+                    if let AwsError::Transport(_) = error {
+                        self.count(call.service, error.kind().label());
+                    }
+                    return Err(error);
+                }
             };
+            if response.status < 400 {
+                self.count(call.service, "ok");
+                return Ok(response);
+            }
+            let error = self
+                .session
+                .redacted(parse_error_answer(&response, "an AWS"));
+            self.count(call.service, error.kind().label());
             let corrected = self.clock.offset() != offset;
             if error.kind() != ErrorKind::ClockSkew || !corrected || resent {
                 return Err(error);
@@ -308,22 +286,29 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
         }
     }
 
+    fn count(&self, service: &'static str, outcome: &'static str) {
+        let mut sent = self.sent.borrow_mut();
+        match sent
+            .iter_mut()
+            .find(|(s, o, _)| (*s, *o) == (service, outcome))
+        {
+            Some((_, _, count)) => *count += 1,
+            None => sent.push((service, outcome, 1)),
+        }
+    }
+
     /// One signed request through the gate; the answer's `Date` is learned, whatever
-    /// the answer says. `content-length` is always set: without it Spin's outbound HTTP
-    /// sends the body chunked, which AWS SDKs never do.
+    /// the answer says.
     async fn send_once<B>(
         &self,
         keys: &Keys,
         gate: &impl Gate,
-        call: &Call<'_, B>,
+        call: &Call<B>,
     ) -> Result<HttpResponse, AwsError>
     where
         B: Fn() -> http::request::Builder,
     {
-        let mut request = (call.builder)()
-            .header(http::header::CONTENT_LENGTH, call.body.len())
-            .body(call.body.clone())
-            .map_err(|error| AwsError::Request(error.to_string()))?;
+        let mut request = unsigned(call, &[])?;
         gate.admit().await.map_err(AwsError::Halted)?;
         keys.signer
             .sign(call.service, &mut request, self.clock.now().into())?;
@@ -341,10 +326,28 @@ impl<'c, T: Transport, S: TimeSource> AwsClient<'c, T, S> {
     }
 }
 
+/// The request of `call` with `headers` added, before it is signed. `content-length` is
+/// always set: without it Spin's outbound HTTP sends the body chunked, which AWS SDKs
+/// never do.
+fn unsigned<B>(call: &Call<B>, headers: &[(&str, &str)]) -> Result<http::Request<Vec<u8>>, AwsError>
+where
+    B: Fn() -> http::request::Builder,
+{
+    let mut builder = (call.builder)();
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder
+        .header(http::header::CONTENT_LENGTH, call.body.len())
+        .body(call.body.clone())
+        .map_err(|error| AwsError::Request(error.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::aws::identity::CredentialsSource;
+    use crate::aws::secrets::{write_secret, Expectation, SecretWrite, Written};
     use crate::aws::RotatorCredentials;
     use crate::clock::tests::ManualTime;
     use crate::fake_aws::FakeAws;
@@ -393,11 +396,43 @@ mod tests {
             request_token: "token".into(),
             description: String::new(),
         };
-        client.write_secret(&(), &write, Expectation::Exists).await
+        let send = |operation| client.secrets_manager(&(), operation);
+        write_secret(&write, Expectation::Exists, send).await
     }
 
     fn signed(aws: &FakeAws) -> Vec<(String, String)> {
         aws.signed.borrow().clone()
+    }
+
+    /// A secret expected missing is created in one call; one that exists after all
+    /// gets its new version in a second.
+    #[test]
+    fn a_secret_expected_missing_is_created_first() {
+        let aws = FakeAws::default();
+        let client = client(&aws, keys(), None);
+        let write = SecretWrite {
+            name: "/concourse/t/a",
+            value: "v",
+            request_token: "token".into(),
+            description: String::new(),
+        };
+        let missing = || {
+            let send = |operation| client.secrets_manager(&(), operation);
+            futures::executor::block_on(write_secret(&write, Expectation::Missing, send))
+        };
+        assert_eq!(missing(), Ok(Written::Created));
+        assert_eq!(
+            aws.calls.borrow().as_slice(),
+            ["CreateSecret /concourse/t/a"]
+        );
+        assert_eq!(missing(), Ok(Written::Updated));
+        assert_eq!(
+            aws.calls.borrow()[1..],
+            [
+                "CreateSecret /concourse/t/a",
+                "PutSecretValue /concourse/t/a"
+            ]
+        );
     }
 
     #[test]
@@ -419,34 +454,6 @@ mod tests {
         assert_eq!(aws.calls.borrow().len(), 4, "the correction stays");
         let error = (aws.clock.now() - aws.now()).abs();
         assert!(error <= chrono::Duration::seconds(1), "AWS time: {error}");
-    }
-
-    /// A secret expected missing is created in one call; one that exists after all
-    /// gets its new version in a second.
-    #[test]
-    fn a_secret_expected_missing_is_created_first() {
-        let aws = FakeAws::default();
-        let client = client(&aws, keys(), None);
-        let write = SecretWrite {
-            name: "/concourse/t/a",
-            value: "v",
-            request_token: "token".into(),
-            description: String::new(),
-        };
-        let missing = || client.write_secret(&(), &write, Expectation::Missing);
-        assert_eq!(futures::executor::block_on(missing()), Ok(Written::Created));
-        assert_eq!(
-            aws.calls.borrow().as_slice(),
-            ["CreateSecret /concourse/t/a"]
-        );
-        assert_eq!(futures::executor::block_on(missing()), Ok(Written::Updated));
-        assert_eq!(
-            aws.calls.borrow()[1..],
-            [
-                "CreateSecret /concourse/t/a",
-                "PutSecretValue /concourse/t/a"
-            ]
-        );
     }
 
     /// With nothing to learn it from yet, the time is asked of STS; once any answer has
@@ -536,9 +543,10 @@ mod tests {
             request_token: "token".into(),
             description: String::new(),
         };
-        let error =
-            futures::executor::block_on(client.write_secret(&Closed, &write, Expectation::Exists))
-                .unwrap_err();
+        let sent = write_secret(&write, Expectation::Exists, |operation| {
+            client.secrets_manager(&Closed, operation)
+        });
+        let error = futures::executor::block_on(sent).unwrap_err();
         assert_eq!(error.kind(), ErrorKind::Halted);
         assert!(error.to_string().contains("tick-other"));
         assert!(signed(&aws).is_empty(), "nothing was sent");

@@ -75,15 +75,28 @@ impl AssumedCredentials {
 
     /// The single-secret layout: one JSON object, so a reader can never see a mix.
     pub fn json_document(&self) -> SecretString {
+        serde_json::Value::Object(self.json_object())
+            .to_string()
+            .into()
+    }
+
+    /// The fields of [`AssumedCredentials::json_document`], for a store that keeps
+    /// fields (Vault). The values are credentials: the object is dropped once written.
+    pub fn json_object(&self) -> serde_json::Map<String, serde_json::Value> {
         let [access_key_id, secret_access_key, session_token] = self.secret_values();
-        serde_json::json!({
-            "access_key_id": access_key_id,
-            "secret_access_key": secret_access_key,
-            "session_token": session_token,
-            "expiration": self.expiration.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        })
-        .to_string()
-        .into()
+        // Inserted one by one: `from_iter` would bring a sort into the component.
+        let mut object = serde_json::Map::new();
+        object.insert("access_key_id".into(), access_key_id.into());
+        object.insert("secret_access_key".into(), secret_access_key.into());
+        object.insert("session_token".into(), session_token.into());
+        object.insert("expiration".into(), self.expiration_text().into());
+        object
+    }
+
+    /// The expiration as the secrets state it: RFC 3339, whole seconds, UTC.
+    pub fn expiration_text(&self) -> String {
+        self.expiration
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     }
 }
 

@@ -37,6 +37,21 @@ impl ErrorKind {
     pub fn is_retryable(self) -> bool {
         matches!(self, ErrorKind::Throttling | ErrorKind::Transient)
     }
+
+    /// The class as the `outcome` of a counted request (see [`crate::deployment`]).
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::Throttling => "throttled",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::AlreadyExists => "already_exists",
+            ErrorKind::ClockSkew => "clock_skew",
+            ErrorKind::RotatorAuth => "rotator_refused",
+            ErrorKind::Permanent => "permanent",
+            ErrorKind::Transient => "transient",
+            ErrorKind::Halted => "halted",
+            ErrorKind::Other => "other",
+        }
+    }
 }
 
 /// A failed AWS call.

@@ -18,9 +18,10 @@ pub mod sts;
 pub mod transport;
 mod xml;
 
-pub use client::{AwsClient, Expectation, Gate, Written};
+pub use client::{AwsClient, Gate};
 pub use credentials::{AssumedCredentials, RotatorCredentials};
 pub use endpoints::Endpoints;
 pub use error::{AwsError, ErrorKind};
 pub use identity::{CredentialsSource, RotatorIdentity};
+pub use secrets::{Expectation, Written};
 pub use transport::{HttpResponse, Transport, TransportError};

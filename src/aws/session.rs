@@ -140,7 +140,7 @@ impl Session {
     }
 
     /// Runs `scrub` with every credential value this session has held.
-    pub fn scrubbing<R>(&self, scrub: impl FnOnce(&[&str]) -> R) -> R {
+    fn scrubbing<R>(&self, scrub: impl FnOnce(&[&str]) -> R) -> R {
         let values = self.redact.borrow();
         let secrets: Vec<&str> = values.iter().map(String::as_str).collect();
         scrub(&secrets)

@@ -10,13 +10,14 @@ mod time;
 use futures::StreamExt;
 use spin_sdk::http::{IncomingRequest, Response};
 
-use crate::api::{self, ApiRequest, Rotator};
+use crate::api::{self, ApiRequest, Body, Judgement, Rotator, Tokens};
 use crate::aws::AwsClient;
 use crate::clock::Clock;
 use crate::events::{Event, EventSink, LogLine};
 use crate::settings::{self, Settings, Variables};
 use crate::store::Prefixed;
 use crate::tick::{Engine, TickSummary};
+use crate::vault::VaultClient;
 use http::SpinTransport;
 use store::SpinStore;
 use time::WasiTime;
@@ -82,6 +83,12 @@ async fn rotate(log: &StdoutLog, team: Option<&str>) -> anyhow::Result<TickSumma
         &settings.region,
         settings.endpoints,
     );
+    let vault = settings.vault.map(|vault| {
+        let transport = SpinTransport {
+            timeout: settings.rules.request_timeout,
+        };
+        VaultClient::new(transport, &clock, &client, vault)
+    });
     let engine = Engine {
         client: &client,
         clock: &clock,
@@ -89,6 +96,7 @@ async fn rotate(log: &StdoutLog, team: Option<&str>) -> anyhow::Result<TickSumma
         sink: log,
         rules: &settings.rules,
         tick: &log.tick,
+        vault: vault.as_ref(),
     };
     match team {
         None => engine.run_tick().await,
@@ -114,20 +122,45 @@ async fn admin_api(request: IncomingRequest) -> Response {
         .into_iter()
         .next()
         .and_then(|value| String::from_utf8(value).ok());
-    let token = SpinVariables.get("admin_token").ok().flatten();
+    let variable = |name| SpinVariables.get(name).ok().flatten();
+    let (admin, metrics) = (variable("admin_token"), variable("metrics_token"));
+    let tokens = Tokens {
+        admin: admin.as_deref(),
+        metrics: metrics.as_deref(),
+    };
+    let judgement = Judgement {
+        rules: Settings::from_variables(&SpinVariables)
+            .ok()
+            .map(|settings| settings.rules),
+        now: time::now(),
+    };
     let head = ApiRequest {
         method: &method,
         path: &path,
         authorization: authorization.as_deref(),
     };
     let body = || read_body(request);
-    let answer = api::handle(&head, token.as_deref(), body, open_store, &SpinRotator).await;
+    let answer = api::handle(&head, tokens, &judgement, body, open_store, &SpinRotator).await;
     let mut response = Response::builder();
     response.status(answer.status);
-    if let Some(body) = answer.body {
-        response
-            .header("content-type", "application/json")
-            .body(body.to_string());
+    match answer.body {
+        Some(Body::Json(body)) => {
+            response
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        Some(Body::Text {
+            content_type,
+            headers,
+            text,
+        }) => {
+            response.header("content-type", content_type);
+            for (name, value) in headers {
+                response.header(*name, *value);
+            }
+            response.body(text);
+        }
+        None => {}
     }
     response.build()
 }

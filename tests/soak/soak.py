@@ -1,7 +1,7 @@
 """scripts/soak: months of operation squeezed into minutes, on the real Spin.
 
 Two (or --nodes N) `spin up` nodes of the project's own manifest (the harness's copy with
-a five-second schedule) share one redis-server run as an operator would (append-only
+a ten-second schedule) share one redis-server run as an operator would (append-only
 file on). AWS is moto_server with signature and IAM checking on, behind the fault proxy
 (--fault-rate of the requests fail in one of its ways; every answer delayed --delay
 seconds). Teams are registered one by one over most of the run; each has two

@@ -1,22 +1,25 @@
 //! The tick against the shared fake AWS, an in-memory store and a hand-driven clock:
 //! the engine's behaviour without the runtime, one file per concern.
 
+mod counters;
 mod failures;
 mod lease;
 mod rotation;
 mod sinks;
 
 use super::*;
-use crate::aws::{CredentialsSource, Endpoints, RotatorCredentials, RotatorIdentity};
+use crate::aws::{CredentialsSource, RotatorCredentials};
 use crate::clock::tests::ManualTime;
 pub(super) use crate::events::RotateReason;
 pub(super) use crate::fake_aws::{FakeAws, YieldOnce};
+pub(super) use crate::fake_vault;
 pub(super) use crate::lease::LEASE_KEY;
 pub(super) use crate::roles::AllowedRoles;
 pub(super) use crate::state::TeamState;
 pub(super) use crate::store::tests::{MemoryStore, RacedStore};
 pub(super) use crate::store::KeyValue;
-pub(super) use crate::template::{SecretFormat, SecretSink};
+pub(super) use crate::template::SecretFormat;
+pub(super) use crate::vault::VaultClient;
 pub(super) use std::cell::{Cell, RefCell};
 pub(super) use std::collections::HashSet;
 
@@ -112,6 +115,14 @@ async fn run_engine(
     team: Option<&str>,
 ) -> (anyhow::Result<TickSummary>, Vec<Event>) {
     let events = Events::default();
+    let vault = (rules.sink.contains(crate::sink::Sink::Vault)).then(|| {
+        VaultClient::new(
+            aws,
+            &aws.clock,
+            client,
+            fake_vault::settings(fake_vault::approle()),
+        )
+    });
     let engine = Engine {
         client,
         clock: &aws.clock,
@@ -119,6 +130,7 @@ async fn run_engine(
         sink: &events,
         rules,
         tick,
+        vault: vault.as_ref(),
     };
     let summary = match team {
         None => engine.run_tick().await,
@@ -201,21 +213,7 @@ fn imds_client(aws: &FakeAws) -> Client<'_> {
 }
 
 fn client_as(aws: &FakeAws, source: CredentialsSource) -> Client<'_> {
-    let identity = RotatorIdentity {
-        source,
-        role_arn: None,
-    };
-    AwsClient::new(
-        aws,
-        &aws.clock,
-        identity,
-        "us-east-1",
-        Endpoints {
-            sts: "http://sts.test".into(),
-            secrets_manager: "http://sm.test".into(),
-            ssm: "http://ssm.test".into(),
-        },
-    )
+    aws.client_as(source)
 }
 
 fn failure(events: &[Event]) -> serde_json::Value {
@@ -226,9 +224,10 @@ fn failure(events: &[Event]) -> serde_json::Value {
     serde_json::to_value(failed).unwrap()
 }
 
-fn into(sink: SecretSink) -> RotationRules {
+/// The rules of a tick into `sinks` (as `secret_sink` lists them), unpaced.
+fn into(sinks: &str) -> RotationRules {
     RotationRules {
-        sink,
+        sink: sinks.parse().unwrap(),
         ssm_writes_per_second: 0,
         ..rules(8)
     }

@@ -9,8 +9,12 @@
 //! - slow disk: latency mode with every fsync/fdatasync of Spin delayed 5 ms;
 //! - Redis: latency mode with Redis as the store;
 //! - Parameter Store: latency mode writing into Parameter Store (`secret_sink = ssm`);
+//! - Vault: latency mode writing into OpenBao's dev server (`secret_sink = vault`);
 //! - quota: the fake enforces 50 Secrets Manager writes per second, the component paces
-//!   at its default 40.
+//!   at its default 40;
+//! - scrape: `GET /metrics` of 2,000 teams / 10,000 accounts on SQLite
+//!   (`tests/bench/scrape.py`, on the integration tests' Spin harness, with this
+//!   driver's fake AWS).
 //!
 //! It prints its figures, then one JSON object with all of them (keys sorted) as its
 //! last line. A mode whose tick did not rotate every account gets `null`, and a line
@@ -20,6 +24,7 @@ mod fake_aws;
 mod procfs;
 mod spin;
 mod store;
+mod vault;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -73,6 +78,15 @@ struct Args {
     /// Skip the Parameter Store mode.
     #[arg(long)]
     skip_ssm: bool,
+    /// Skip the scrape mode (GET /metrics of 2,000 teams / 10,000 accounts).
+    #[arg(long)]
+    skip_scrape: bool,
+    /// Skip the Vault mode (and so the need for OpenBao's `bao`).
+    #[arg(long)]
+    skip_vault: bool,
+    /// OpenBao's `bao`, for the Vault mode.
+    #[arg(long, default_value = ".venv/bin/bao")]
+    bao: PathBuf,
     /// Internal: serve the fake AWS and print its port.
     #[arg(long, hide = true)]
     serve_fake: bool,
@@ -126,6 +140,8 @@ struct Mode {
     quota: Option<usize>,
     /// Measure the second tick of this `spin up`, not the first.
     warm_up: bool,
+    /// Vault's URL, for `secret_sink = vault`.
+    vault: Option<String>,
 }
 
 /// One tick and all that was measured about it.
@@ -224,6 +240,13 @@ impl Bench {
             ("SECRET_SINK", mode.sink.to_owned()),
         ]
         .into_iter()
+        .chain(mode.vault.into_iter().flat_map(|url| {
+            [
+                ("VAULT_URL", url),
+                ("VAULT_TOKEN", vault::ROOT_TOKEN.to_owned()),
+                ("VAULT_WRITES_PER_SECOND", "0".to_owned()),
+            ]
+        }))
         .map(|(name, value)| (format!("SPIN_VARIABLE_{name}"), value))
         .collect();
         env.extend(mode.store.env(&self.args.shim, &sync_log));
@@ -274,6 +297,7 @@ impl Bench {
             sink,
             quota: None,
             warm_up: false,
+            vault: None,
         };
         self.tick(label, mode).await
     }
@@ -428,6 +452,7 @@ async fn idle_mode(
         sink: SECRETS_MANAGER,
         quota: None,
         warm_up: true,
+        vault: None,
     };
     let idle = bench.tick("idle", mode).await?;
     let wall_ms = match &idle.measured.outcome {
@@ -488,6 +513,33 @@ const SSM: Variant = Variant {
     lease_busy: "",
 };
 
+const VAULT: Variant = Variant {
+    label: "Vault sink (secret_sink=vault, OpenBao's dev server with KV v2, SQLite store, its pace lifted)",
+    keys: ["spin_vault_wall_s", "spin_vault_ratio"],
+    lease_busy: "",
+};
+
+/// A latency-mode tick into OpenBao's dev server: AWS answers after L as in every mode,
+/// Vault as fast as a local OpenBao does (a metadata read and a check-and-set write per
+/// secret, and the labels on a new one).
+async fn vault_mode(bench: &mut Bench) -> anyhow::Result<Tick> {
+    eprintln!("Vault");
+    let server = vault::OpenBao::start(&bench.args.bao).await?;
+    let mode = Mode {
+        store: Store::Sqlite {
+            sync_delay: Duration::ZERO,
+        },
+        state_dir: bench.root.join("state-vault"),
+        register: true,
+        paced: false,
+        sink: "vault",
+        quota: None,
+        warm_up: false,
+        vault: Some(server.url.clone()),
+    };
+    bench.tick("vault", mode).await
+}
+
 /// Reports a variant's tick (`None`: skipped) against the latency floor.
 fn report_variant(bench: &Bench, report: &mut Report, variant: &Variant, tick: Option<Tick>) {
     let label = variant.label;
@@ -526,6 +578,7 @@ async fn quota_mode(bench: &mut Bench, report: &mut Report) -> anyhow::Result<()
         sink: SECRETS_MANAGER,
         quota: Some(AWS_WRITE_QUOTA),
         warm_up: false,
+        vault: None,
     };
     let tick = bench.tick("quota", mode).await?;
     let floor = tick.fake.writes as f64 / DEFAULT_PACE;
@@ -543,6 +596,46 @@ async fn quota_mode(bench: &mut Bench, report: &mut Report) -> anyhow::Result<()
     report.set_f64("quota_wall_s", wall, 3);
     report.set_f64("quota_floor_s", wall.map(|_| floor), 3);
     report.set("throttled_requests", json!(tick.fake.throttled));
+    Ok(())
+}
+
+/// The figures the scrape mode reports.
+const SCRAPE_FIGURES: [&str; 5] = [
+    "metrics_scrape_ms",
+    "metrics_scrape_bytes",
+    "metrics_scrape_series",
+    "metrics_scrape_teams",
+    "metrics_scrape_accounts",
+];
+
+/// `GET /metrics` of 2,000 teams / 10,000 accounts on SQLite, measured by
+/// `tests/bench/scrape.py` (next to the manifest's project) with this driver's fake AWS.
+async fn scrape_mode(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
+    let mut figures = serde_json::Map::new();
+    if bench.args.skip_scrape {
+        report.line("scrape mode: skipped".into());
+    } else {
+        eprintln!("scrape mode");
+        let project = bench.args.manifest.parent().unwrap_or(Path::new("."));
+        let output = tokio::process::Command::new("python3")
+            .arg(project.join("tests/bench/scrape.py"))
+            .arg("--driver")
+            .arg(std::env::current_exe()?)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .await
+            .context("running tests/bench/scrape.py with python3")?;
+        anyhow::ensure!(output.status.success(), "the scrape mode failed");
+        let text = String::from_utf8(output.stdout)?;
+        let mut lines: Vec<&str> = text.lines().collect();
+        figures = serde_json::from_str(lines.pop().context("no figures")?)?;
+        lines
+            .into_iter()
+            .for_each(|line| report.line(line.to_owned()));
+    }
+    for key in SCRAPE_FIGURES {
+        report.set(key, figures.remove(key).unwrap_or(Value::Null));
+    }
     Ok(())
 }
 
@@ -619,6 +712,12 @@ async fn bench(mut args: Args, root: &Path) -> anyhow::Result<()> {
     };
     report_variant(&bench, &mut report, &SSM, ssm);
 
+    let vault = match bench.args.skip_vault {
+        true => None,
+        false => Some(vault_mode(&mut bench).await?),
+    };
+    report_variant(&bench, &mut report, &VAULT, vault);
+
     if bench.args.skip_quota {
         report.line("quota mode: skipped".into());
         for key in ["quota_wall_s", "quota_floor_s", "throttled_requests"] {
@@ -627,6 +726,7 @@ async fn bench(mut args: Args, root: &Path) -> anyhow::Result<()> {
     } else {
         quota_mode(&mut bench, &mut report).await?;
     }
+    scrape_mode(&bench, &mut report).await?;
 
     report.line(format!(
         "machine: {} cores, load average {load_at_start} at the start, {} at the end",

@@ -26,6 +26,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Parser;
 use concourse_sts::settings::{Settings, Variables};
+use concourse_sts::sink::Sink;
 use concourse_sts::store::KeyValue;
 use concourse_sts::timing::MIN_REWRITE_INTERVAL;
 
@@ -103,18 +104,19 @@ fn settings(pairs: &[String]) -> anyhow::Result<Settings> {
     Settings::from_variables(&SimVariables(variables))
 }
 
-/// Every secret of every account, in every sink, with its owner.
-fn owned_secrets(settings: &Settings, accounts: &[world::Account]) -> Ownership {
+/// Every secret of every account, in every sink, with its owner. The model is AWS's:
+/// Vault is not simulated.
+fn owned_secrets(settings: &Settings, accounts: &[world::Account]) -> anyhow::Result<Ownership> {
     let rules = &settings.rules;
-    let sinks: Vec<Service> = rules
-        .sink
-        .sinks()
-        .into_iter()
-        .map(|sink| match sink {
-            concourse_sts::template::Sink::SecretsManager => Service::SecretsManager,
-            concourse_sts::template::Sink::ParameterStore => Service::ParameterStore,
-        })
-        .collect();
+    let sinks = rules.sink.sinks().iter().map(|sink| match sink {
+        Sink::SecretsManager => Ok(Service::SecretsManager),
+        Sink::ParameterStore => Ok(Service::ParameterStore),
+        Sink::Vault => anyhow::bail!(
+            "the simulator models AWS only: secret_sink {} lists vault",
+            rules.sink
+        ),
+    });
+    let sinks: Vec<Service> = sinks.collect::<anyhow::Result<_>>()?;
     let mut owned = Vec::new();
     let mut per_account = 0;
     for (number, account) in accounts.iter().enumerate() {
@@ -133,10 +135,10 @@ fn owned_secrets(settings: &Settings, accounts: &[world::Account]) -> Ownership 
             }
         }
     }
-    Ownership {
+    Ok(Ownership {
         secrets: owned,
         per_account,
-    }
+    })
 }
 
 fn build(args: &Args) -> anyhow::Result<(Rc<Sim>, Vec<world::Account>)> {
@@ -158,7 +160,7 @@ fn build(args: &Args) -> anyhow::Result<(Rc<Sim>, Vec<world::Account>)> {
         fault_rate: args.fault_rate,
         request_timeout: rules.request_timeout,
     };
-    let ownership = owned_secrets(&settings, &registered.accounts);
+    let ownership = owned_secrets(&settings, &registered.accounts)?;
     let aws = Rc::new(AwsModel::new(
         timeline.clone(),
         epoch,

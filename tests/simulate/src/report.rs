@@ -68,7 +68,7 @@ fn parameters(run: &Run<'_>, figures: &mut Map<String, Value>) {
             "rotate_before_expiry_s",
             json!(rules.timing.rotate_before_expiry.as_secs()),
         ),
-        ("secret_sink", json!(rules.sink.as_str())),
+        ("secret_sink", json!(rules.sink.to_string())),
         ("secret_format", json!(rules.secret_format.as_str())),
         (
             "secretsmanager_writes_per_second",

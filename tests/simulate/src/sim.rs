@@ -119,6 +119,7 @@ async fn tick(sim: Rc<Sim>, node: usize, sequence: usize, owner: Owner) {
         sink: &sim.recorder,
         rules: &settings.rules,
         tick: &id,
+        vault: None,
     };
     let result = engine.run_tick().await;
     sim.recorder.tick_ended(owner.peak_bytes(), &result);
