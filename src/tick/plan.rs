@@ -176,9 +176,14 @@ pub fn foreign_state(team: &str, account: &AccountConfig) -> Box<Event> {
 }
 
 /// Accounts whose secrets would have the same name as another account's, which can
-/// happen with `secret_format = both` (account `a`'s access key secret is account
-/// `a-access-key`'s JSON secret): every such account is a problem of the team.
+/// happen only with `secret_format = both` (account `a`'s access key secret is account
+/// `a-access-key`'s JSON secret): every such account is a problem of the team. Other
+/// formats are not checked, which saves rendering every name of every account on every
+/// plan: one account's path and suffixes never spell another's.
 pub fn colliding_names(team: &LoadedTeam, rules: &RotationRules) -> Vec<Problem> {
+    if !(rules.secret_format.split() && rules.secret_format.json()) {
+        return Vec::new();
+    }
     let mut owners: BTreeMap<String, &str> = BTreeMap::new();
     let mut problems = Vec::new();
     for (i, account) in team.document.accounts.iter().enumerate() {
