@@ -32,7 +32,7 @@ use crate::vault::VaultClient;
 
 use execute::{Executor, Outcome, Stop, WriteGate};
 use load::{load, load_again, Loaded};
-use plan::{plan, Job, Plan, Scope};
+use plan::{has_work, plan, Job, Plan, Scope};
 use record::Record;
 
 /// How often a long tick stores the outcomes it has so far, so that a host stopped late
@@ -193,12 +193,13 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Engine<'_, T, S, K> {
             true => {
                 self.client.prepare().await?;
                 self.learn_time(started).await?;
-                plan(loaded, self.rules, self.clock.now(), scope)
+                let now = self.clock.now();
+                if has_work(loaded, self.rules, now, scope) {
+                    return Ok(None);
+                }
+                plan(loaded, self.rules, now, scope)
             }
         };
-        if planned.has_work() {
-            return Ok(None);
-        }
         let mut summary = self.report_plan(planned);
         if scope == Scope::All {
             let record = self.last_tick(&summary, started).to_bytes();

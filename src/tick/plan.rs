@@ -122,6 +122,24 @@ pub fn plan(loaded: &Loaded, rules: &RotationRules, now: DateTime<Utc>, scope: S
     plan
 }
 
+/// Whether a tick at `now` has anything to write: what [`plan`]'s
+/// [`Plan::has_work`] would say, found team by team and ending at the first team with
+/// work, so that confirming work in AWS time costs a few teams, not a second plan.
+pub fn has_work(loaded: &Loaded, rules: &RotationRules, now: DateTime<Utc>, scope: Scope) -> bool {
+    if scope == Scope::All && !loaded.orphaned.is_empty() {
+        return true;
+    }
+    loaded
+        .teams
+        .iter()
+        .filter(|t| scope.includes(&t.document.name))
+        .any(|team| {
+            let mut planned = Plan::default();
+            plan_team(&mut planned, team, loaded, rules, now, scope != Scope::All);
+            planned.has_work()
+        })
+}
+
 fn plan_team(
     plan: &mut Plan,
     team: &LoadedTeam,

@@ -72,6 +72,38 @@ fn accounts_about_to_expire_go_before_new_ones() {
     assert_eq!(order, ["beta/lab", "aaa/new", "alpha/dev", "gamma/ops"]);
 }
 
+/// The quick check for work says what a whole plan says: before anything is due, once
+/// something is, for one team, and when a team or an account is removed.
+#[test]
+fn has_work_agrees_with_the_plan() {
+    let aws = FakeAws::default();
+    let store = two_teams();
+    tick(&aws, &store);
+    let agree = |scope: Scope| {
+        let loaded = load(&store).unwrap();
+        let planned = plan(&loaded, &rules(8), aws.now(), scope).has_work();
+        assert_eq!(has_work(&loaded, &rules(8), aws.now(), scope), planned);
+        planned
+    };
+    assert!(!agree(Scope::All), "everything written just now");
+    assert!(
+        !agree(Scope::Team("beta")),
+        "not even asked for: ten minutes"
+    );
+    aws.clock.advance(12 * MINUTE);
+    assert!(!agree(Scope::All), "fresh");
+    assert!(agree(Scope::Team("beta")), "asked for");
+    aws.clock.advance(13 * MINUTE);
+    assert!(agree(Scope::All), "due by now");
+    tick(&aws, &store);
+    store
+        .set("team/alpha", team("alpha", &[("dev", "ci")]).as_bytes())
+        .unwrap();
+    assert!(agree(Scope::All), "alpha/prod removed");
+    store.delete("team/beta").unwrap();
+    assert!(agree(Scope::All), "beta removed");
+}
+
 #[test]
 fn fresh_accounts_are_skipped_until_they_near_expiry() {
     let aws = FakeAws::default();
