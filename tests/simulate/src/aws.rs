@@ -143,12 +143,13 @@ enum Call {
     SecretWrite {
         create: bool,
         name: String,
-        value: String,
+        /// The session of the value written.
+        session: u32,
         token: Option<String>,
     },
     PutParameter {
         name: String,
-        value: String,
+        session: u32,
         overwrite: bool,
         tagged: bool,
     },
@@ -352,15 +353,15 @@ impl AwsModel {
             Call::SecretWrite {
                 create,
                 name,
-                value,
+                session,
                 token,
-            } => self.write_secret(create, name, &value, token),
+            } => self.write_secret(create, name, session, token),
             Call::PutParameter {
                 name,
-                value,
+                session,
                 overwrite,
                 tagged,
-            } => self.put_parameter(name, &value, overwrite, tagged),
+            } => self.put_parameter(name, session, overwrite, tagged),
             Call::AddTags => (200, "{}".to_owned()),
         }
     }
@@ -388,7 +389,7 @@ impl AwsModel {
         &self,
         create: bool,
         name: String,
-        value: &str,
+        session: u32,
         token: Option<String>,
     ) -> (u16, String) {
         let mut secrets = self.secrets.borrow_mut();
@@ -417,7 +418,7 @@ impl AwsModel {
         let repeated = token.is_some() && token == secret.last_token;
         if !repeated {
             secret.last_token = token;
-            self.land(secret, value);
+            self.land(secret, session);
         }
         (200, answers::secret_written(&name))
     }
@@ -425,7 +426,7 @@ impl AwsModel {
     fn put_parameter(
         &self,
         name: String,
-        value: &str,
+        session: u32,
         overwrite: bool,
         tagged: bool,
     ) -> (u16, String) {
@@ -440,17 +441,16 @@ impl AwsModel {
             return (400, answers::json_error("ParameterAlreadyExists", message));
         }
         parameter.exists = true;
-        self.land(parameter, value);
+        self.land(parameter, session);
         (
             200,
             answers::parameter_written(parameter.versions.len() as u64),
         )
     }
 
-    /// A new version of `secret` holding `value`: the account it belongs to now holds
-    /// that value's session there.
-    fn land(&self, secret: &mut Secret, value: &str) {
-        let session = session_of(value).expect("every value carries its session");
+    /// A new version of `secret` holding `session`'s credentials: the account it belongs
+    /// to now holds that session there.
+    fn land(&self, secret: &mut Secret, session: u32) {
         let now = self.timeline.now();
         secret.versions.push(Version {
             at_ms: now.as_millis() as u32,
@@ -536,16 +536,19 @@ fn parse(request: &http::Request<Vec<u8>>) -> Call {
     };
     let body: Body = serde_json::from_slice(request.body()).expect("a JSON 1.1 body");
     let text = |field: Option<Cow<'_, str>>| field.unwrap_or_default().into_owned();
+    let session = |value: Option<Cow<'_, str>>| {
+        session_of(&value.unwrap_or_default()).expect("every value carries its session")
+    };
     match target.to_str().expect("an ASCII target") {
         "secretsmanager.PutSecretValue" | "secretsmanager.CreateSecret" => Call::SecretWrite {
             create: target == "secretsmanager.CreateSecret",
             name: text(body.secret_id.or(body.name)),
-            value: text(body.secret_string),
+            session: session(body.secret_string),
             token: body.client_request_token.map(Cow::into_owned),
         },
         "AmazonSSM.PutParameter" => Call::PutParameter {
             name: text(body.name),
-            value: text(body.value),
+            session: session(body.value),
             overwrite: body.overwrite,
             tagged: body.tags.is_some(),
         },

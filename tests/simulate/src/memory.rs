@@ -5,7 +5,9 @@
 //! The AWS model, the store and the recorder run as [`NOBODY`]: what they keep is the
 //! simulated world's, not a tick's.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
+
+use mimalloc::MiMalloc as System;
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
