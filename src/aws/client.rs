@@ -389,13 +389,18 @@ mod tests {
         futures::executor::block_on(write_one(client))
     }
 
-    async fn write_one(client: &Client<'_>) -> Result<Written, AwsError> {
-        let write = SecretWrite {
+    /// One secret's write, as the tests send it.
+    fn secret_write() -> SecretWrite<'static> {
+        SecretWrite {
             name: "/concourse/t/a",
             value: "v",
             request_token: "token".into(),
             description: String::new(),
-        };
+        }
+    }
+
+    async fn write_one(client: &Client<'_>) -> Result<Written, AwsError> {
+        let write = secret_write();
         let send = |operation| client.secrets_manager(&(), operation);
         write_secret(&write, Expectation::Exists, send).await
     }
@@ -410,12 +415,7 @@ mod tests {
     fn a_secret_expected_missing_is_created_first() {
         let aws = FakeAws::default();
         let client = client(&aws, keys(), None);
-        let write = SecretWrite {
-            name: "/concourse/t/a",
-            value: "v",
-            request_token: "token".into(),
-            description: String::new(),
-        };
+        let write = secret_write();
         let missing = || {
             let send = |operation| client.secrets_manager(&(), operation);
             futures::executor::block_on(write_secret(&write, Expectation::Missing, send))
@@ -537,12 +537,7 @@ mod tests {
         }
         let aws = FakeAws::default();
         let client = client(&aws, keys(), None);
-        let write = SecretWrite {
-            name: "/concourse/t/a",
-            value: "v",
-            request_token: "token".into(),
-            description: String::new(),
-        };
+        let write = secret_write();
         let sent = write_secret(&write, Expectation::Exists, |operation| {
             client.secrets_manager(&Closed, operation)
         });

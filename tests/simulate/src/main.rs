@@ -34,7 +34,7 @@ use aws::{AwsModel, Network, Owned, Ownership, Quotas, Service};
 use chance::Chance;
 use recorder::Recorder;
 use sim::{Schedule, Sim};
-use store::MemoryStore;
+use store::SharedStore;
 use timeline::Timeline;
 
 #[global_allocator]
@@ -151,7 +151,7 @@ fn build(args: &Args) -> anyhow::Result<(Rc<Sim>, Vec<world::Account>)> {
         shortest.max(SHORTEST_SESSION),
         &Chance::new(args.seed, 0),
     );
-    let store = MemoryStore::default();
+    let store = SharedStore::default();
     store.set_many(&registered.documents)?;
     let timeline = Rc::new(Timeline::default());
     let epoch: DateTime<Utc> = DateTime::parse_from_rfc3339("2030-01-01T00:00:00Z")?.into();

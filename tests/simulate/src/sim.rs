@@ -17,7 +17,7 @@ use crate::aws::AwsModel;
 use crate::chance::Chance;
 use crate::memory::Owner;
 use crate::recorder::Recorder;
-use crate::store::MemoryStore;
+use crate::store::SharedStore;
 use crate::timeline::{self, Timeline};
 
 /// Everything the nodes share.
@@ -26,7 +26,7 @@ pub struct Sim {
     /// The true time when the simulation begins (teams are registered then).
     pub epoch: DateTime<Utc>,
     pub settings: Settings,
-    pub store: MemoryStore,
+    pub store: SharedStore,
     pub aws: Rc<AwsModel>,
     pub recorder: Recorder,
     pub seed: u64,
