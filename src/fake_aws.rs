@@ -15,7 +15,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::aws::{
-    AwsClient, CredentialsSource, Endpoints, HttpResponse, RotatorIdentity, Transport,
+    answers, AwsClient, CredentialsSource, Endpoints, HttpResponse, RotatorIdentity, Transport,
     TransportError,
 };
 use crate::clock::tests::{ManualClock, ManualTime};
@@ -119,10 +119,7 @@ fn reply(status: u16, body: impl Into<String>) -> HttpResponse {
 }
 
 fn sts_error(status: u16, code: &str, message: &str) -> HttpResponse {
-    reply(
-        status,
-        format!("<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error></ErrorResponse>"),
-    )
+    reply(status, answers::sts_error(code, message))
 }
 
 /// The operation of an AWS request, and the role or name it is about: from the
@@ -224,7 +221,7 @@ impl FakeAws {
                 }
             }
         };
-        let date = self.now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        let date = answers::http_date(self.now());
         answer.headers.insert("date", date.parse().unwrap());
         answer
     }
@@ -273,10 +270,7 @@ impl FakeAws {
         };
         self.calls.borrow_mut().push(format!("refused {code}"));
         Some(match json {
-            true => reply(
-                400,
-                format!(r#"{{"__type":"{code}","message":"{message}"}}"#),
-            ),
+            true => reply(400, answers::json_error(code, message)),
             false => sts_error(403, code, message),
         })
     }
@@ -295,7 +289,10 @@ impl FakeAws {
     fn sts(&self, body: &[u8]) -> HttpResponse {
         let form: BTreeMap<String, String> = form_urlencoded::parse(body).into_owned().collect();
         let Some(role) = form.get("RoleArn") else {
-            return reply(200, "<GetCallerIdentityResponse><GetCallerIdentityResult><Arn>arn:aws:iam::123456789012:user/rotator</Arn></GetCallerIdentityResult></GetCallerIdentityResponse>");
+            return reply(
+                200,
+                answers::caller_identity("arn:aws:iam::123456789012:user/rotator"),
+            );
         };
         if self.denied_roles.contains(role) {
             return sts_error(403, "AccessDenied", "not authorized");
@@ -316,17 +313,8 @@ impl FakeAws {
             .extend(values.iter().cloned());
         let [key, secret, token] = values;
         let seconds: i64 = form["DurationSeconds"].parse().unwrap();
-        let expiration = (self.now() + chrono::Duration::seconds(seconds))
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        reply(
-            200,
-            format!(
-                "<AssumeRoleResponse><AssumeRoleResult><Credentials>\
-                 <AccessKeyId>{key}</AccessKeyId><SecretAccessKey>{secret}</SecretAccessKey>\
-                 <SessionToken>{token}</SessionToken><Expiration>{expiration}</Expiration>\
-                 </Credentials></AssumeRoleResult></AssumeRoleResponse>"
-            ),
-        )
+        let expiration = self.now() + chrono::Duration::seconds(seconds);
+        reply(200, answers::assume_role(&key, &secret, &token, expiration))
     }
 
     /// IMDS: the rotator's credentials `ASIAIMDS<n>`, expiring at the next of
@@ -359,7 +347,10 @@ impl FakeAws {
         if self.ssm_denied {
             return reply(
                 400,
-                r#"{"__type":"AccessDeniedException","message":"not authorized to perform: ssm:PutParameter"}"#,
+                answers::json_error(
+                    "AccessDeniedException",
+                    "not authorized to perform: ssm:PutParameter",
+                ),
             );
         }
         let tags: Vec<String> = body["Tags"]
@@ -405,7 +396,7 @@ impl FakeAws {
                 1
             }
         };
-        reply(200, format!(r#"{{"Version":{version},"Tier":"Standard"}}"#))
+        reply(200, answers::parameter_written(version))
     }
 
     /// The triple of parameters at a path, checked to come from one AssumeRole.
@@ -423,15 +414,12 @@ impl FakeAws {
             .borrow_mut()
             .push((name.clone(), token.to_owned()));
         if self.failing_secrets.contains(&name) {
-            return reply(
-                400,
-                r#"{"__type":"AccessDeniedException","message":"boom"}"#,
-            );
+            return reply(400, answers::json_error("AccessDeniedException", "boom"));
         }
         if self.flaked(&self.flaky, &name) {
             return reply(
                 500,
-                r#"{"__type":"InternalServiceError","message":"try again"}"#,
+                answers::json_error("InternalServiceError", "try again"),
             );
         }
         let value = body["SecretString"].as_str().unwrap().to_owned();
@@ -439,16 +427,17 @@ impl FakeAws {
         match (operation, secrets.contains_key(&name)) {
             ("PutSecretValue", false) => reply(
                 404,
-                r#"{"__type":"ResourceNotFoundException","message":"Secrets Manager can't find the specified secret."}"#,
+                answers::json_error(
+                    "ResourceNotFoundException",
+                    "Secrets Manager can't find the specified secret.",
+                ),
             ),
             ("CreateSecret", true) => reply(
                 400,
-                r#"{"__type":"ResourceExistsException","message":"exists"}"#,
+                answers::json_error("ResourceExistsException", "exists"),
             ),
             _ => {
-                let answer = format!(
-                    r#"{{"ARN":"arn:aws:secretsmanager:us-east-1:123456789012:secret:{name}-AbCdEf","Name":"{name}"}}"#
-                );
+                let answer = answers::secret_written(&name);
                 secrets.insert(name.clone(), value);
                 match self.flaked(&self.garbled, &name) {
                     true => reply(200, &answer[..answer.len() / 2]),

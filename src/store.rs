@@ -96,11 +96,14 @@ impl<K: KeyValue> KeyValue for Prefixed<K> {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
+/// An in-memory store with a true compare-and-swap, counting its commits: the unit
+/// tests' store, and under the simulator's (feature `fakes`).
+#[cfg(any(test, feature = "fakes"))]
+pub mod memory {
     use std::cell::{Cell, RefCell};
     use std::collections::BTreeMap;
+
+    use super::{KeyValue, StoreError};
 
     /// An in-memory store with a true compare-and-swap, counting its commits.
     #[derive(Default)]
@@ -127,58 +130,6 @@ pub(crate) mod tests {
 
         fn commit(&self) {
             self.commits.set(self.commits.get() + 1);
-        }
-    }
-
-    /// A hook into a [`RacedStore`]'s calls: the inner store and the key.
-    pub type Hook = Box<dyn Fn(&MemoryStore, &str)>;
-
-    /// A [`MemoryStore`] another writer can step into, as races do: right before a read,
-    /// or right after a swap (Spin's Redis store: a swap whose answer lies).
-    #[derive(Default)]
-    pub struct RacedStore {
-        pub inner: MemoryStore,
-        pub before_get: Option<Hook>,
-        pub after_swap: Option<Hook>,
-        /// Reads answered so far.
-        pub gets: Cell<usize>,
-        /// The next this many reads fail, as a store that blinks does.
-        pub failing_gets: Cell<u32>,
-    }
-
-    impl KeyValue for RacedStore {
-        fn keys(&self) -> Result<Vec<String>, StoreError> {
-            self.inner.keys()
-        }
-        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-            if let Some(hook) = &self.before_get {
-                hook(&self.inner, key);
-            }
-            if self.failing_gets.get() > 0 {
-                self.failing_gets.set(self.failing_gets.get() - 1);
-                return Err(StoreError::Backend("connection reset".into()));
-            }
-            self.gets.set(self.gets.get() + 1);
-            self.inner.get(key)
-        }
-        fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-            self.inner.set(key, value)
-        }
-        fn set_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
-            self.inner.set_many(entries)
-        }
-        fn delete(&self, key: &str) -> Result<(), StoreError> {
-            self.inner.delete(key)
-        }
-        fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
-            self.inner.delete_many(keys)
-        }
-        fn swap(&self, key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<(), StoreError> {
-            self.inner.swap(key, expected, new)?;
-            if let Some(hook) = &self.after_swap {
-                hook(&self.inner, key);
-            }
-            Ok(())
         }
     }
 
@@ -241,6 +192,65 @@ pub(crate) mod tests {
         }
         fn swap(&self, key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<(), StoreError> {
             (**self).swap(key, expected, new)
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    pub use super::memory::MemoryStore;
+    use super::*;
+    use std::cell::Cell;
+
+    /// A hook into a [`RacedStore`]'s calls: the inner store and the key.
+    pub type Hook = Box<dyn Fn(&MemoryStore, &str)>;
+
+    /// A [`MemoryStore`] another writer can step into, as races do: right before a read,
+    /// or right after a swap (Spin's Redis store: a swap whose answer lies).
+    #[derive(Default)]
+    pub struct RacedStore {
+        pub inner: MemoryStore,
+        pub before_get: Option<Hook>,
+        pub after_swap: Option<Hook>,
+        /// Reads answered so far.
+        pub gets: Cell<usize>,
+        /// The next this many reads fail, as a store that blinks does.
+        pub failing_gets: Cell<u32>,
+    }
+
+    impl KeyValue for RacedStore {
+        fn keys(&self) -> Result<Vec<String>, StoreError> {
+            self.inner.keys()
+        }
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            if let Some(hook) = &self.before_get {
+                hook(&self.inner, key);
+            }
+            if self.failing_gets.get() > 0 {
+                self.failing_gets.set(self.failing_gets.get() - 1);
+                return Err(StoreError::Backend("connection reset".into()));
+            }
+            self.gets.set(self.gets.get() + 1);
+            self.inner.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+            self.inner.set(key, value)
+        }
+        fn set_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+            self.inner.set_many(entries)
+        }
+        fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.inner.delete(key)
+        }
+        fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+            self.inner.delete_many(keys)
+        }
+        fn swap(&self, key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<(), StoreError> {
+            self.inner.swap(key, expected, new)?;
+            if let Some(hook) = &self.after_swap {
+                hook(&self.inner, key);
+            }
+            Ok(())
         }
     }
 

@@ -73,6 +73,34 @@ impl Timing {
             .unwrap_or(due)
     }
 
+    /// The next rotation time for an account's first credentials, written `now`: drawn
+    /// anywhere from ten minutes after the write to the latest [`Timing::rotate_after`]
+    /// would give. Accounts registered together (a platform's thousands at once) then
+    /// come due spread over their whole lifetime from the second rotation on, instead of
+    /// in waves that outgrow a tick and a write quota; each new account pays for it with
+    /// one early renewal.
+    pub fn first_rotate_after(
+        &self,
+        now: DateTime<Utc>,
+        expiration: DateTime<Utc>,
+        fraction: f64,
+    ) -> DateTime<Utc> {
+        let earliest = now + chrono_duration(MIN_REWRITE_INTERVAL);
+        let latest = self.rotate_after(now, expiration, 0.0);
+        let span = (latest - earliest).to_std().unwrap_or_default();
+        let due = earliest + chrono_duration(span.mul_f64(fraction.clamp(0.0, 1.0)));
+        due.duration_trunc(chrono::Duration::seconds(1))
+            .unwrap_or(due)
+    }
+
+    /// Where an account without credentials ranks among those due for their expiry:
+    /// as if its own expired just past the margin (`rotate_before_expiry` and the
+    /// largest jitter from `now`). It goes after every account that must be renewed to
+    /// stay above the margin, and before accounts renewed early (jitter, spreading).
+    pub fn unwritten_urgency(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now + chrono_duration(self.rotate_before_expiry + MAX_JITTER)
+    }
+
     /// When an account that has now failed `failures` times in a row is tried again:
     /// `None` (the next tick) after the first failure, then 5 minutes, doubling, capped
     /// at `failure_backoff_max`. Backing off never lets working credentials run short:
@@ -118,6 +146,21 @@ mod tests {
         assert_eq!(half.timestamp_subsec_nanos(), 0, "whole seconds");
         // Never sooner than ten minutes after the write.
         assert_eq!(timing.rotate_after(now, at(35), 1.0), at(10));
+    }
+
+    /// First credentials come due anywhere between ten minutes after the write and the
+    /// usual due time; never earlier, never later.
+    #[test]
+    fn first_credentials_come_due_spread_over_their_lifetime() {
+        let timing = Timing::default();
+        let (now, expiration) = (at(0), at(60));
+        assert_eq!(timing.first_rotate_after(now, expiration, 0.0), at(10));
+        assert_eq!(timing.first_rotate_after(now, expiration, 1.0), at(30));
+        assert_eq!(timing.first_rotate_after(now, expiration, 0.5), at(20));
+        let twelve_hours = timing.first_rotate_after(now, at(720), 0.5);
+        assert_eq!(twelve_hours, at(10 + (690 - 10) / 2));
+        assert_eq!(timing.first_rotate_after(now, at(35), 0.7), at(10));
+        assert_eq!(timing.unwritten_urgency(now), at(35));
     }
 
     #[test]

@@ -347,7 +347,7 @@ where
 mod tests {
     use super::*;
     use crate::aws::identity::CredentialsSource;
-    use crate::aws::secrets::{write_secret, SecretWrite, Written};
+    use crate::aws::secrets::{write_secret, Expectation, SecretWrite, Written};
     use crate::aws::RotatorCredentials;
     use crate::clock::tests::ManualTime;
     use crate::fake_aws::FakeAws;
@@ -389,18 +389,50 @@ mod tests {
         futures::executor::block_on(write_one(client))
     }
 
-    async fn write_one(client: &Client<'_>) -> Result<Written, AwsError> {
-        let write = SecretWrite {
+    /// One secret's write, as the tests send it.
+    fn secret_write() -> SecretWrite<'static> {
+        SecretWrite {
             name: "/concourse/t/a",
             value: "v",
             request_token: "token".into(),
             description: String::new(),
-        };
-        write_secret(&write, |operation| client.secrets_manager(&(), operation)).await
+        }
+    }
+
+    async fn write_one(client: &Client<'_>) -> Result<Written, AwsError> {
+        let write = secret_write();
+        let send = |operation| client.secrets_manager(&(), operation);
+        write_secret(&write, Expectation::Exists, send).await
     }
 
     fn signed(aws: &FakeAws) -> Vec<(String, String)> {
         aws.signed.borrow().clone()
+    }
+
+    /// A secret expected missing is created in one call; one that exists after all
+    /// gets its new version in a second.
+    #[test]
+    fn a_secret_expected_missing_is_created_first() {
+        let aws = FakeAws::default();
+        let client = client(&aws, keys(), None);
+        let write = secret_write();
+        let missing = || {
+            let send = |operation| client.secrets_manager(&(), operation);
+            futures::executor::block_on(write_secret(&write, Expectation::Missing, send))
+        };
+        assert_eq!(missing(), Ok(Written::Created));
+        assert_eq!(
+            aws.calls.borrow().as_slice(),
+            ["CreateSecret /concourse/t/a"]
+        );
+        assert_eq!(missing(), Ok(Written::Updated));
+        assert_eq!(
+            aws.calls.borrow()[1..],
+            [
+                "CreateSecret /concourse/t/a",
+                "PutSecretValue /concourse/t/a"
+            ]
+        );
     }
 
     #[test]
@@ -505,13 +537,8 @@ mod tests {
         }
         let aws = FakeAws::default();
         let client = client(&aws, keys(), None);
-        let write = SecretWrite {
-            name: "/concourse/t/a",
-            value: "v",
-            request_token: "token".into(),
-            description: String::new(),
-        };
-        let sent = write_secret(&write, |operation| {
+        let write = secret_write();
+        let sent = write_secret(&write, Expectation::Exists, |operation| {
             client.secrets_manager(&Closed, operation)
         });
         let error = futures::executor::block_on(sent).unwrap_err();

@@ -3,6 +3,8 @@
 //! in the component; these modules build requests and read answers, and [`client`] sends
 //! them through whatever [`transport::Transport`] the runtime provides.
 
+#[cfg(any(test, feature = "fakes"))]
+pub mod answers;
 pub mod client;
 pub mod credentials;
 pub mod endpoints;
@@ -21,5 +23,5 @@ pub use credentials::{AssumedCredentials, RotatorCredentials};
 pub use endpoints::Endpoints;
 pub use error::{AwsError, ErrorKind};
 pub use identity::{CredentialsSource, RotatorIdentity};
-pub use secrets::Written;
+pub use secrets::{Expectation, Written};
 pub use transport::{HttpResponse, Transport, TransportError};

@@ -11,6 +11,17 @@ use sha2::{Digest, Sha256};
 use super::error::parse_error_answer;
 use super::{AssumedCredentials, AwsError, ErrorKind, HttpResponse};
 
+/// What the caller knows of a secret or parameter before writing it, which picks the
+/// first call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expectation {
+    /// This sink has written the name before (the account rotated into it): a new
+    /// version, or an overwrite.
+    Exists,
+    /// It never has (a new account, format or sink): create it.
+    Missing,
+}
+
 /// How a secret write ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Written {
@@ -125,9 +136,15 @@ pub fn create_secret(write: &SecretWrite) -> Operation {
 }
 
 /// Writes one secret through `send`, which signs, gates and sends one [`Operation`] and
-/// returns the answer: a new version if the secret exists, else the secret itself. Both
-/// carry the write's request token, so a retried write never adds a second version.
-pub async fn write_secret<S, F>(write: &SecretWrite<'_>, send: S) -> Result<Written, AwsError>
+/// returns the answer: a new version if the secret exists, else the secret itself,
+/// trying first what `expectation` says (a wrong guess costs one more call; a mass
+/// registration writes each secret in one call, not two). Both carry the write's request
+/// token, so a retried write never adds a second version.
+pub async fn write_secret<S, F>(
+    write: &SecretWrite<'_>,
+    expectation: Expectation,
+    send: S,
+) -> Result<Written, AwsError>
 where
     S: Fn(Operation) -> F,
     F: Future<Output = Result<HttpResponse, AwsError>>,
@@ -136,12 +153,15 @@ where
         let answer = send(operation);
         async { check_write(&answer.await?) }
     };
-    match sent(put_secret_value(write)).await {
-        Err(error) if error.kind() == ErrorKind::NotFound => {}
-        other => return other.map(|()| Written::Updated),
+    if expectation == Expectation::Exists {
+        match sent(put_secret_value(write)).await {
+            Err(error) if error.kind() == ErrorKind::NotFound => {}
+            other => return other.map(|()| Written::Updated),
+        }
     }
     match sent(create_secret(write)).await {
-        // Another writer created it in between: our value still has to land.
+        // It exists after all (another writer created it in between, or it was never
+        // ours to expect missing): our value still has to land.
         Err(error) if error.kind() == ErrorKind::AlreadyExists => sent(put_secret_value(write))
             .await
             .map(|()| Written::Updated),

@@ -23,7 +23,7 @@ use serde::Serialize;
 use super::error::parse_error_answer;
 // The JSON 1.1 operation shape (`X-Amz-Target` and body) is the one Secrets Manager uses.
 use super::secrets::Operation;
-use super::{AwsError, ErrorKind, HttpResponse, Written};
+use super::{AwsError, ErrorKind, Expectation, HttpResponse, Written};
 use crate::names::describe_char;
 
 /// The SigV4 signing name of the service (the endpoint is `ssm.<region>.amazonaws.com`).
@@ -341,15 +341,6 @@ pub fn check_tagged(response: &HttpResponse) -> Result<(), AwsError> {
             status: response.status,
             detail: "AddTagsToResource answered with something other than a JSON object".to_owned(),
         })
-}
-
-/// What the caller knows of the parameter before writing it, which picks the first call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expectation {
-    /// This sink has written the name before (the account rotated into it): overwrite.
-    Exists,
-    /// It never has (a new account, format or sink): create it, tagged.
-    Missing,
 }
 
 /// How a parameter write ended.

@@ -14,7 +14,7 @@ use std::str::FromStr;
 use futures::future::LocalBoxFuture;
 use secrecy::SecretString;
 
-use crate::aws::{AssumedCredentials, AwsError, Written};
+use crate::aws::{AssumedCredentials, AwsError, Expectation, Written};
 use crate::names::MAX_SECRET_NAME_LEN;
 use crate::template::{SecretFormat, SecretPath};
 
@@ -211,7 +211,7 @@ pub struct WriteRequest<'a> {
     pub team: &'a str,
     pub account: &'a str,
     /// This account's set was written before with this configuration, so the secret
-    /// most likely exists (Parameter Store then overwrites first instead of creating).
+    /// most likely exists (see [`WriteRequest::expectation`]).
     pub written_before: bool,
 }
 
@@ -219,6 +219,15 @@ impl WriteRequest<'_> {
     /// The secret's value as a string secret.
     pub fn text(&self) -> SecretString {
         self.secret.content.text(self.credentials)
+    }
+
+    /// Whether the secret most likely exists: Secrets Manager and Parameter Store try
+    /// first the call that fits (a new version or overwrite, else a create).
+    pub fn expectation(&self) -> Expectation {
+        match self.written_before {
+            true => Expectation::Exists,
+            false => Expectation::Missing,
+        }
     }
 
     /// Every credential value of the set, to scrub from error text.

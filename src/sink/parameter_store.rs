@@ -6,7 +6,7 @@ use futures::FutureExt;
 use secrecy::ExposeSecret;
 
 use super::{Landed, Note, Sink, SinkWriter, WriteRequest};
-use crate::aws::ssm::{self, Expectation, ParameterWrite, ParameterWritten};
+use crate::aws::ssm::{self, ParameterWrite, ParameterWritten};
 use crate::aws::{AwsClient, AwsError, Gate, Transport};
 use crate::clock::TimeSource;
 
@@ -32,12 +32,8 @@ impl<T: Transport, S: TimeSource, G: Gate> SinkWriter for ParameterStoreWriter<'
             let name = &request.secret.name;
             let write =
                 ParameterWrite::new(name, value.expose_secret(), self.key_id, team, account)?;
-            let expectation = match request.written_before {
-                true => Expectation::Exists,
-                false => Expectation::Missing,
-            };
             let send = |operation| self.client.parameter_store(&self.gate, operation);
-            let written = ssm::write_parameter(&write, expectation, send).await?;
+            let written = ssm::write_parameter(&write, request.expectation(), send).await?;
             let note = match &written {
                 ParameterWritten::CreatedUntagged { tagging } => Some(Note {
                     operation: "tag_parameter",

@@ -1,5 +1,5 @@
 //! Secrets Manager as a sink: [`secrets::write_secret`] over the AWS client, through the
-//! service's gate.
+//! service's gate, expecting the secret to exist once the account's set was written.
 
 use futures::future::LocalBoxFuture;
 use futures::FutureExt;
@@ -34,7 +34,10 @@ impl<T: Transport, S: TimeSource, G: Gate> SinkWriter for SecretsManagerWriter<'
                 request.account,
             );
             let send = |operation| self.client.secrets_manager(&self.gate, operation);
-            secrets::write_secret(&write, send).await.map(Landed::from)
+            let expectation = request.expectation();
+            secrets::write_secret(&write, expectation, send)
+                .await
+                .map(Landed::from)
         }
         .boxed_local()
     }

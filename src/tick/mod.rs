@@ -31,8 +31,8 @@ use crate::store::{KeyValue, StoreError};
 use crate::vault::VaultClient;
 
 use execute::{Executor, Outcome, Stop, WriteGate};
-use load::{load, Loaded};
-use plan::{plan, Job, Plan, Scope};
+use load::{load, load_again, Loaded};
+use plan::{has_work, plan, Job, Plan, Scope};
 use record::Record;
 
 /// How often a long tick stores the outcomes it has so far, so that a host stopped late
@@ -163,7 +163,7 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Engine<'_, T, S, K> {
                 });
             }
         };
-        let result = self.rotate(scope, started, &lease).await;
+        let result = self.rotate(scope, started, &lease, loaded).await;
         // The tick's own Vault token (never the operator's) is given back.
         if let Some(vault) = self.vault {
             vault.close().await;
@@ -193,12 +193,13 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Engine<'_, T, S, K> {
             true => {
                 self.client.prepare().await?;
                 self.learn_time(started).await?;
-                plan(loaded, self.rules, self.clock.now(), scope)
+                let now = self.clock.now();
+                if has_work(loaded, self.rules, now, scope) {
+                    return Ok(None);
+                }
+                plan(loaded, self.rules, now, scope)
             }
         };
-        if planned.has_work() {
-            return Ok(None);
-        }
         let mut summary = self.report_plan(planned);
         if scope == Scope::All {
             let record = self.last_tick(&summary, started).to_bytes();
@@ -229,14 +230,15 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Engine<'_, T, S, K> {
     }
 
     /// The tick proper, under the lease: everything is read again, since another tick may
-    /// have finished between the first look and the lease.
+    /// have finished between the `first` look and the lease (parsed again only if so).
     async fn rotate(
         &self,
         scope: Scope<'_>,
         started: Instant,
         lease: &Lease<'_, K, S>,
+        first: Loaded,
     ) -> anyhow::Result<TickSummary> {
-        let loaded = load(self.store).context("reading teams and state")?;
+        let loaded = load_again(self.store, first).context("reading teams and state")?;
         let mut planned = plan(&loaded, self.rules, self.clock.now(), scope);
         let (mut record, batch) = Record::begin(loaded.states, loaded.counters, &planned);
         let jobs = std::mem::take(&mut planned.jobs);

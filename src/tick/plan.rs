@@ -61,8 +61,10 @@ pub struct Job {
     /// exist (Parameter Store then overwrites first instead of creating).
     pub written_before: bool,
     pub reason: RotateReason,
-    /// Earlier expiry first; never-written accounts before all.
-    pub urgency: Option<DateTime<Utc>>,
+    /// When the account's credentials expire, earlier first; an account without any
+    /// ranks as [`crate::timing::Timing::unwritten_urgency`] says, so that a mass
+    /// registration never holds back credentials about to expire.
+    pub urgency: DateTime<Utc>,
 }
 
 /// What a tick is going to do.
@@ -120,6 +122,24 @@ pub fn plan(loaded: &Loaded, rules: &RotationRules, now: DateTime<Utc>, scope: S
     plan
 }
 
+/// Whether a tick at `now` has anything to write: what [`plan`]'s
+/// [`Plan::has_work`] would say, found team by team and ending at the first team with
+/// work, so that confirming work in AWS time costs a few teams, not a second plan.
+pub fn has_work(loaded: &Loaded, rules: &RotationRules, now: DateTime<Utc>, scope: Scope) -> bool {
+    if scope == Scope::All && !loaded.orphaned.is_empty() {
+        return true;
+    }
+    loaded
+        .teams
+        .iter()
+        .filter(|t| scope.includes(&t.document.name))
+        .any(|team| {
+            let mut planned = Plan::default();
+            plan_team(&mut planned, team, loaded, rules, now, scope != Scope::All);
+            planned.has_work()
+        })
+}
+
 fn plan_team(
     plan: &mut Plan,
     team: &LoadedTeam,
@@ -174,9 +194,14 @@ pub fn foreign_state(team: &str, account: &AccountConfig) -> Box<Event> {
 }
 
 /// Accounts whose secrets would have the same name as another account's, which can
-/// happen with `secret_format = both` (account `a`'s access key secret is account
-/// `a-access-key`'s JSON secret): every such account is a problem of the team.
+/// happen only with `secret_format = both` (account `a`'s access key secret is account
+/// `a-access-key`'s JSON secret): every such account is a problem of the team. Other
+/// formats are not checked, which saves rendering every name of every account on every
+/// plan: one account's path and suffixes never spell another's.
 pub fn colliding_names(team: &LoadedTeam, rules: &RotationRules) -> Vec<Problem> {
+    if !(rules.secret_format.split() && rules.secret_format.json()) {
+        return Vec::new();
+    }
     let mut owners: BTreeMap<String, &str> = BTreeMap::new();
     let mut problems = Vec::new();
     for (i, account) in team.document.accounts.iter().enumerate() {
@@ -233,7 +258,9 @@ fn plan_account(
             fingerprint,
             written_before,
             reason,
-            urgency: state.and_then(|state| state.expiration),
+            urgency: state
+                .and_then(|state| state.expiration)
+                .unwrap_or_else(|| rules.timing.unwritten_urgency(now)),
         }),
     }
 }

@@ -136,7 +136,12 @@ impl Record {
                 expiration,
                 secrets_created,
             } => {
-                let rotate_after = timing.rotate_after(now, expiration, fraction);
+                let rotate_after = match job.reason {
+                    RotateReason::NeverWritten => {
+                        timing.first_rotate_after(now, expiration, fraction)
+                    }
+                    _ => timing.rotate_after(now, expiration, fraction),
+                };
                 *state = AccountState {
                     fingerprint: job.fingerprint.clone(),
                     written_at: Some(now),

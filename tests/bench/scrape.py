@@ -31,12 +31,12 @@ from spin import SpinNode, find_spin, start_in_time  # noqa: E402
 TOKEN = "bench-metrics-token"
 
 
-def documents(teams, per_team):
+def documents(teams, per_team, prefix="scrape"):
     return [
         {
-            "name": f"scrape-{t:04d}",
+            "name": f"{prefix}-{t:04d}",
             "accounts": [
-                {"name": f"acct-{a}", "roleArn": f"arn:aws:iam::123456789012:role/scrape-{t}-{a}"}
+                {"name": f"acct-{a}", "roleArn": f"arn:aws:iam::123456789012:role/{prefix}-{t}-{a}"}
                 for a in range(per_team)
             ],
         }
@@ -44,9 +44,10 @@ def documents(teams, per_team):
     ]
 
 
-def start_fake(driver):
-    """The driver's fake AWS on a free port, answering at once."""
-    fake = subprocess.Popen([driver, "--serve-fake", "--latency-ms", "0"], stdout=subprocess.PIPE, text=True)
+def start_fake(driver, *flags):
+    """The driver's fake AWS on a free port, answering at once (`flags`: its own, such as
+    `--quota 50`)."""
+    fake = subprocess.Popen([driver, "--serve-fake", "--latency-ms", "0", *flags], stdout=subprocess.PIPE, text=True)
     return fake, int(fake.stdout.readline())
 
 

@@ -361,6 +361,14 @@ def team(name, *accounts):
     return {"name": name, "accounts": list(accounts)}
 
 
+# An account's first credentials come due anywhere from ten minutes after they were
+# written to the usual time, drawn at random (so that accounts registered together spread
+# out): by this long after the first rotation, every one of `three_accounts` is due (two
+# hours less the 30-minute margin), and from the rotation then on they follow the usual
+# times (30 minutes before expiry, less up to 5 minutes of jitter).
+ALL_FIRST_DUE_S = 91 * 60
+
+
 def three_accounts(aws):
     """Two teams, three accounts in two AWS accounts; prod lives twice as long."""
     home, other = aws.ci_role(HOME_ACCOUNT), aws.ci_role(OTHER_ACCOUNT)

@@ -2,10 +2,11 @@
 single-secret JSON format."""
 
 import json
+from datetime import datetime, timedelta
 
 import pytest
 
-from emulator import HOME_ACCOUNT, OTHER_ACCOUNT, digest, three_accounts
+from emulator import ALL_FIRST_DUE_S, HOME_ACCOUNT, OTHER_ACCOUNT, digest, three_accounts
 from faults import FaultProxy
 from spin import EVERY_SECOND
 
@@ -32,19 +33,28 @@ def test_accounts_rotate_only_when_due_and_the_log_says_why(aws):
         variables = aws.variables(keys, aws_endpoint_url=proxy.url)
         first = aws.run(variables, teams)
         assert first.returncode == 0, first.output
+        assert_first_credentials_come_due_spread(first)
         calls_after_first = proxy.forwarded
-        values = {path: aws.triple(path) for path in PATHS}
 
         again = aws.run(variables)
         assert again.returncode == 0
         assert proxy.forwarded == calls_after_first, "a tick with nothing due calls AWS"
         assert {e["reason"] for e in again.of("account_skipped")} == {"written_recently"}
 
-        later = aws.run(variables, later_s=20 * MINUTES)
-        assert {e["reason"] for e in later.of("account_skipped")} == {"fresh"}
-        assert proxy.forwarded == calls_after_first
+        spread = aws.run(variables, later_s=ALL_FIRST_DUE_S)
+        assert {(e["account"], e["reason"]) for e in spread.of("account_rotated")} == {
+            ("dev", "expires_soon"),
+            ("prod", "expires_soon"),
+            ("lab", "expires_soon"),
+        }
+        calls_after_spread = proxy.forwarded
+        values = {path: aws.triple(path) for path in PATHS}
 
-        due = aws.run(variables, later_s=40 * MINUTES)
+        later = aws.run(variables, later_s=ALL_FIRST_DUE_S + 20 * MINUTES)
+        assert {e["reason"] for e in later.of("account_skipped")} == {"fresh"}
+        assert proxy.forwarded == calls_after_spread
+
+        due = aws.run(variables, later_s=ALL_FIRST_DUE_S + 40 * MINUTES)
         assert {(e["team"], e["account"], e["reason"]) for e in due.of("account_rotated")} == {
             ("alpha", "dev", "expires_soon"),
             ("beta", "lab", "expires_soon"),
@@ -71,14 +81,24 @@ def test_a_removed_team_loses_its_state_and_keeps_its_secrets(aws):
     assert aws.written("/concourse/beta/lab") == ["access-key", "secret-key", "session-token"]
 
 
+def assert_first_credentials_come_due_spread(run):
+    """Every first rotation's next one is due between ten minutes after the write and 30
+    minutes before expiry (whole seconds)."""
+    at = lambda text: datetime.fromisoformat(text.replace("Z", "+00:00"))
+    for rotated in run.of("account_rotated"):
+        written, due = at(rotated["time"]), at(rotated["rotate_after"])
+        latest = at(rotated["expiration"]) - timedelta(minutes=30)
+        assert written + timedelta(minutes=10) - timedelta(seconds=1) <= due <= latest, rotated
+
+
 def test_overlapping_ticks_never_interleave_writes(aws):
     teams = three_accounts(aws)
     keys = aws.rotator()
     aws.enforce()
-    # Every request takes a second, so the rotating tick lasts at least three (AssumeRole,
-    # then PutSecretValue and CreateSecret), and Spin starts a new tick every second
+    # Every request takes a second and a half, so the rotating tick holds the lease for at
+    # least three (AssumeRole, then CreateSecret), and Spin starts a new tick every second
     # regardless.
-    with FaultProxy(aws.url, kinds=["latency"], rate=1.0, latency=1.0) as proxy:
+    with FaultProxy(aws.url, kinds=["latency"], rate=1.0, latency=1.5) as proxy:
         node = aws.main.start(aws.variables(keys, aws_endpoint_url=proxy.url), teams, schedule=EVERY_SECOND)
         node.wait_for(lambda: any(e["event"] == "tick_finished" for e in node.events()), "a finished tick", 240)
         run = node.finish()

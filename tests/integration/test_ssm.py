@@ -18,7 +18,16 @@ from urllib.parse import parse_qs
 import pytest
 from botocore.exceptions import BotoCoreError, ClientError
 
-from emulator import HOME_ACCOUNT, OTHER_ACCOUNT, account, digest, hostile_teams, team, three_accounts
+from emulator import (
+    ALL_FIRST_DUE_S,
+    HOME_ACCOUNT,
+    OTHER_ACCOUNT,
+    account,
+    digest,
+    hostile_teams,
+    team,
+    three_accounts,
+)
 from faults import FaultProxy
 
 MINUTES = 60
@@ -176,6 +185,13 @@ def test_first_rotation_creates_tagged_secure_strings_and_a_later_one_overwrites
         assert_parameters_work(aws)
         assert_tagged(aws, SPLIT_NAMES)
         assert all(set(s["sinks"]) == {"ssm"} and not s["incomplete"] for s in aws.account_states().values())
+
+        # When every first credential has come due, each is overwritten once.
+        proxy.requests.clear()
+        spread = aws.run(variables, later_s=ALL_FIRST_DUE_S)
+        assert spread.rotated() == ROTATED, spread.output
+        overwritten = proxy.of("AmazonSSM.PutParameter")
+        assert len(overwritten) == 9 and all(r["overwrite"] and not r["tagged"] for r in overwritten)
         before = {path: digest(aws.parameter_triple(path)) for path in PATHS}
         # Someone deletes one parameter by hand: the next rotation's overwrite creates it
         # again (version 1, untagged, as Parameter Store does) and then tags it.
@@ -184,7 +200,7 @@ def test_first_rotation_creates_tagged_secure_strings_and_a_later_one_overwrites
 
         # 40 minutes on, the one-hour accounts are due and prod (two hours) is not.
         proxy.requests.clear()
-        second = aws.run(variables, later_s=40 * MINUTES)
+        second = aws.run(variables, later_s=ALL_FIRST_DUE_S + 40 * MINUTES)
         assert second.returncode == 0, second.output
         assert {(e["account"], e["reason"], e["secrets_created"]) for e in second.of("account_rotated")} == {
             ("dev", "expires_soon", 1),
@@ -201,11 +217,11 @@ def test_first_rotation_creates_tagged_secure_strings_and_a_later_one_overwrites
         changed = digest(aws.parameter_triple(path)) != before[path]
         history = [versions(aws, f"{path}-{suffix}") for suffix in SUFFIXES]
         if path == "/concourse/alpha/dev":
-            assert changed and history == [2, 2, 1], (path, changed, history)
+            assert changed and history == [3, 3, 1], (path, changed, history)
         elif path in due:
-            assert changed and history == [2, 2, 2], (path, changed, history)
+            assert changed and history == [3, 3, 3], (path, changed, history)
         else:
-            assert not changed and history == [1, 1, 1], (path, changed, history)
+            assert not changed and history == [2, 2, 2], (path, changed, history)
     assert aws.parameter_names() == SPLIT_NAMES
     assert aws.secret_names() == []
     assert_parameters_work(aws)

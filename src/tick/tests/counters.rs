@@ -32,11 +32,10 @@ fn a_tick_counts_rotations_failures_and_requests_without_a_commit_of_their_own()
     assert_eq!(counted.rotations(), 2);
     assert_eq!(counted.failures().collect::<Vec<_>>(), [("assume_role", 1)]);
     // GetCallerIdentity, then two AssumeRole answered, one throttled, one denied; three
-    // secrets of two accounts put (not found), then created.
+    // secrets of two accounts created, one call each (never written, so expected missing).
     assert_eq!(
         counted.requests().collect::<Vec<_>>(),
         [
-            ("secretsmanager", "not_found", 6),
             ("secretsmanager", "ok", 6),
             ("sts", "ok", 3),
             ("sts", "permanent", 1),

@@ -154,18 +154,21 @@ fn taken_over_by(holder: &str, aws: &FakeAws) -> Vec<u8> {
         .into_bytes()
 }
 
-/// The fence is per write, not per account: once the store shows another holder, the
-/// account's next write is held back and no other account starts.
+/// The fence is per request, not per account: once the store shows another holder, the
+/// account's next request (here the retry of a write that failed) is held back and no
+/// other account starts.
 #[test]
 fn a_tick_whose_lease_is_taken_over_writes_no_more() {
     let aws = FakeAws {
         latency: Duration::from_secs(1),
         ..Default::default()
     };
+    let access_key = "/concourse/t000/a0-access-key";
+    aws.flaky.borrow_mut().insert(access_key.into(), 1);
     let store = Rc::new(many_accounts(5));
     let taken = store.clone();
     aws.on_request(move |aws, call| {
-        if call == "PutSecretValue /concourse/t000/a0-access-key" {
+        if call == format!("CreateSecret {access_key}") {
             taken
                 .set(LEASE_KEY, &taken_over_by("tick-other", aws))
                 .unwrap();
@@ -180,7 +183,11 @@ fn a_tick_whose_lease_is_taken_over_writes_no_more() {
     }));
     let error = summary.into_result().unwrap_err();
     assert!(error.contains("the lease was lost"), "{error}");
-    assert_eq!(aws.count_calls("CreateSecret"), 0, "held back at its gate");
+    assert_eq!(
+        aws.count_calls(&format!("CreateSecret {access_key}")),
+        1,
+        "its retry held back at its gate"
+    );
     assert_eq!(aws.count_calls("AssumeRole"), 1, "no other account started");
     let kept = state(&store, "t000");
     assert!(
@@ -199,11 +206,17 @@ fn a_tick_whose_lease_is_taken_over_writes_no_more() {
 #[test]
 fn a_node_frozen_mid_write_sends_nothing_once_it_wakes() {
     let aws = FakeAws::default();
+    // Every first attempt fails, so that each write has a retry to hold back.
+    let names = ["access-key", "secret-key", "session-token"]
+        .map(|suffix| format!("/concourse/alpha/dev-{suffix}"));
+    aws.flaky
+        .borrow_mut()
+        .extend(names.iter().map(|name| (name.clone(), 1)));
     let store = Rc::new(two_teams());
     let taken = store.clone();
     let ttl = LeasePolicy::for_requests(rules(1).request_timeout).ttl;
     aws.on_request(move |aws, call| {
-        if call.starts_with("PutSecretValue") && aws.count_calls("PutSecretValue") == 0 {
+        if call.starts_with("CreateSecret") && aws.count_calls("CreateSecret") == 0 {
             aws.clock.advance(ttl + Duration::from_secs(30));
             taken
                 .set(LEASE_KEY, &taken_over_by("tick-taker", aws))
@@ -213,15 +226,12 @@ fn a_node_frozen_mid_write_sends_nothing_once_it_wakes() {
     let client = test_client(&aws);
     let (summary, events) = run_blocking(&client, &aws, &*store, &rules(1), "tick-frozen");
     let summary = summary.unwrap();
-    assert!(
-        aws.count_calls("PutSecretValue") <= 3,
-        "only what was in flight"
-    );
-    assert_eq!(
-        aws.count_calls("CreateSecret"),
-        0,
-        "no write after the thaw"
-    );
+    for name in &names {
+        assert!(
+            aws.count_calls(&format!("CreateSecret {name}")) <= 1,
+            "only what was in flight: no retry after the thaw"
+        );
+    }
     assert_eq!(
         aws.count_calls("AssumeRole"),
         1,

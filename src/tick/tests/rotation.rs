@@ -41,6 +41,69 @@ fn rotates_every_account_of_every_team_into_the_lambda_layout() {
     assert!(store.text(LEASE_KEY).is_some(), "the lease was taken");
 }
 
+/// A mass registration never holds back credentials about to expire: accounts inside
+/// their margin go first, earliest expiry first; then accounts never written (their
+/// pipelines have nothing to lose yet); then accounts renewed early, whose first
+/// credentials came due spread over their lifetime.
+#[test]
+fn accounts_about_to_expire_go_before_new_ones() {
+    let aws = FakeAws::default();
+    let store = MemoryStore::default().with("team/beta", &team("beta", &[("lab", "ci")]));
+    tick(&aws, &store);
+    aws.clock.advance(10 * MINUTE);
+    for (name, account) in [("gamma", "ops"), ("alpha", "dev")] {
+        let document = team(name, &[(account, "ci")]);
+        store
+            .set(&format!("team/{name}"), document.as_bytes())
+            .unwrap();
+    }
+    tick(&aws, &store);
+    aws.clock.advance(20 * MINUTE);
+    store
+        .set("team/aaa", team("aaa", &[("new", "ci")]).as_bytes())
+        .unwrap();
+    let planned = plan(&load(&store).unwrap(), &rules(8), aws.now(), Scope::All);
+    let order: Vec<String> = planned
+        .jobs
+        .iter()
+        .map(|job| format!("{}/{}", job.team, job.account.name))
+        .collect();
+    // beta/lab expires in 30 minutes; alpha/dev and gamma/ops, in 40, came due early.
+    assert_eq!(order, ["beta/lab", "aaa/new", "alpha/dev", "gamma/ops"]);
+}
+
+/// The quick check for work says what a whole plan says: before anything is due, once
+/// something is, for one team, and when a team or an account is removed.
+#[test]
+fn has_work_agrees_with_the_plan() {
+    let aws = FakeAws::default();
+    let store = two_teams();
+    tick(&aws, &store);
+    let agree = |scope: Scope| {
+        let loaded = load(&store).unwrap();
+        let planned = plan(&loaded, &rules(8), aws.now(), scope).has_work();
+        assert_eq!(has_work(&loaded, &rules(8), aws.now(), scope), planned);
+        planned
+    };
+    assert!(!agree(Scope::All), "everything written just now");
+    assert!(
+        !agree(Scope::Team("beta")),
+        "not even asked for: ten minutes"
+    );
+    aws.clock.advance(12 * MINUTE);
+    assert!(!agree(Scope::All), "fresh");
+    assert!(agree(Scope::Team("beta")), "asked for");
+    aws.clock.advance(13 * MINUTE);
+    assert!(agree(Scope::All), "due by now");
+    tick(&aws, &store);
+    store
+        .set("team/alpha", team("alpha", &[("dev", "ci")]).as_bytes())
+        .unwrap();
+    assert!(agree(Scope::All), "alpha/prod removed");
+    store.delete("team/beta").unwrap();
+    assert!(agree(Scope::All), "beta removed");
+}
+
 #[test]
 fn fresh_accounts_are_skipped_until_they_near_expiry() {
     let aws = FakeAws::default();
@@ -57,23 +120,32 @@ fn fresh_accounts_are_skipped_until_they_near_expiry() {
     );
     assert!(event_lines(&events).contains(r#""reason":"written_recently""#));
 
-    aws.clock.advance(20 * MINUTE);
-    let (summary, events) = tick(&aws, &store);
-    assert_eq!(summary.skipped, 3);
-    assert!(event_lines(&events).contains(r#""reason":"fresh""#));
-    assert!(aws.calls.borrow().is_empty());
-
-    // One-hour credentials, 30 minutes before expiry, minus up to 5 minutes of jitter.
-    aws.clock.advance(10 * MINUTE);
-    let (summary, events) = tick(&aws, &store);
-    assert_eq!(summary.rotated, 3);
-    assert!(rotated(&events)
+    let fresh_then_rotated = |fresh_for: Duration, due_after: Duration| {
+        aws.clock.advance(fresh_for);
+        let (summary, events) = tick(&aws, &store);
+        assert_eq!(summary.skipped, 3);
+        assert!(event_lines(&events).contains(r#""reason":"fresh""#));
+        assert!(aws.calls.borrow().is_empty());
+        aws.clock.advance(due_after);
+        let (summary, events) = tick(&aws, &store);
+        assert_eq!(summary.rotated, 3);
+        assert!(rotated(&events)
+            .iter()
+            .all(|(_, _, reason)| *reason == RotateReason::ExpiresSoon));
+        let writes = ["PutSecretValue", "CreateSecret"].map(|call| aws.count_calls(call));
+        assert_eq!(writes, [9, 0]);
+        aws.calls.borrow_mut().clear();
+    };
+    // First credentials come due anywhere from 10 to 30 minutes after the write: at 20
+    // with the fake's chance of one half.
+    fresh_then_rotated(15 * MINUTE, 5 * MINUTE);
+    let second = aws.secrets.borrow().clone();
+    assert!(first.iter().all(|(name, value)| second[name] != *value));
+    // Later ones 30 minutes before expiry, less up to 5 minutes of jitter: at 27.5.
+    fresh_then_rotated(27 * MINUTE, MINUTE);
+    assert!(second
         .iter()
-        .all(|(_, _, reason)| *reason == RotateReason::ExpiresSoon));
-    assert_eq!(aws.count_calls("PutSecretValue"), 9);
-    assert_eq!(aws.count_calls("CreateSecret"), 0);
-    let second = aws.secrets.borrow();
-    assert!(first.iter().all(|(name, value)| &second[name] != value));
+        .all(|(name, value)| aws.secrets.borrow()[name] != *value));
 }
 
 #[test]
@@ -138,13 +210,11 @@ fn secrets_manager_writes_are_paced() {
         ..rules(8)
     };
     tick_with(&aws, &store, &slow);
-    // Nine creations (a Put then a Create each: 18 calls) at 4 per second.
-    assert_eq!(
-        aws.count_calls("PutSecretValue") + aws.count_calls("CreateSecret"),
-        18
-    );
+    // Nine creations, one call each, at 4 per second.
+    assert_eq!(aws.count_calls("CreateSecret"), 9);
+    assert_eq!(aws.count_calls("PutSecretValue"), 0);
     assert!(
-        aws.clock.slept() >= Duration::from_millis(17 * 250),
+        aws.clock.slept() >= Duration::from_millis(8 * 250),
         "{:?}",
         aws.clock.slept()
     );

@@ -14,7 +14,10 @@
 //!   at its default 40;
 //! - scrape: `GET /metrics` of 2,000 teams / 10,000 accounts on SQLite
 //!   (`tests/bench/scrape.py`, on the integration tests' Spin harness, with this
-//!   driver's fake AWS).
+//!   driver's fake AWS);
+//! - scale: 2,000 teams / 10,000 accounts, the idle tick and a status call on SQLite and
+//!   on Redis, and the ticks that rotate them all when they come due at once at the
+//!   write quota (`tests/bench/scale.py`, the same way).
 //!
 //! It prints its figures, then one JSON object with all of them (keys sorted) as its
 //! last line. A mode whose tick did not rotate every account gets `null`, and a line
@@ -78,6 +81,13 @@ struct Args {
     /// Skip the Parameter Store mode.
     #[arg(long)]
     skip_ssm: bool,
+    /// Skip the scale mode (2,000 teams / 10,000 accounts: the idle tick and a status
+    /// call on SQLite and Redis, the ticks that rotate them all at the write quota).
+    #[arg(long)]
+    skip_scale: bool,
+    /// Skip the scale mode's busy ticks (about a quarter of an hour).
+    #[arg(long)]
+    skip_scale_busy: bool,
     /// Skip the scrape mode (GET /metrics of 2,000 teams / 10,000 accounts).
     #[arg(long)]
     skip_scrape: bool,
@@ -599,33 +609,83 @@ async fn quota_mode(bench: &mut Bench, report: &mut Report) -> anyhow::Result<()
     Ok(())
 }
 
-/// The figures the scrape mode reports.
-const SCRAPE_FIGURES: [&str; 5] = [
-    "metrics_scrape_ms",
-    "metrics_scrape_bytes",
-    "metrics_scrape_series",
-    "metrics_scrape_teams",
-    "metrics_scrape_accounts",
-];
+/// A mode measured by a Python script beside the driver, on the integration tests' Spin
+/// harness, with this driver's fake AWS: its lines go into the report, the figures of
+/// its last line into the JSON.
+struct PythonMode {
+    name: &'static str,
+    /// Relative to the manifest's project.
+    script: &'static str,
+    figures: &'static [&'static str],
+    skip: bool,
+    args: Vec<&'static str>,
+}
 
-/// `GET /metrics` of 2,000 teams / 10,000 accounts on SQLite, measured by
-/// `tests/bench/scrape.py` (next to the manifest's project) with this driver's fake AWS.
-async fn scrape_mode(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
+/// `GET /metrics` of 2,000 teams / 10,000 accounts on SQLite.
+fn scrape(args: &Args) -> PythonMode {
+    PythonMode {
+        name: "scrape",
+        script: "tests/bench/scrape.py",
+        figures: &[
+            "metrics_scrape_ms",
+            "metrics_scrape_bytes",
+            "metrics_scrape_series",
+            "metrics_scrape_teams",
+            "metrics_scrape_accounts",
+        ],
+        skip: args.skip_scrape,
+        args: Vec::new(),
+    }
+}
+
+/// 2,000 teams / 10,000 accounts: the idle tick and a status call on SQLite and Redis,
+/// and the ticks that rotate them all at AWS's write quota.
+fn scale(args: &Args) -> PythonMode {
+    let mut flags = Vec::new();
+    if args.skip_redis {
+        flags.push("--skip-redis");
+    }
+    if args.skip_scale_busy {
+        flags.push("--skip-busy");
+    }
+    PythonMode {
+        name: "scale",
+        script: "tests/bench/scale.py",
+        figures: &[
+            "scale_teams",
+            "scale_accounts",
+            "spin_idle_10k_ms_sqlite",
+            "spin_status_10k_ms_sqlite",
+            "spin_rotate_10k_s_sqlite",
+            "spin_idle_10k_ms_redis",
+            "spin_status_10k_ms_redis",
+            "spin_rotate_10k_s_redis",
+            "spin_busy_10k_ticks",
+            "spin_busy_10k_tick_s",
+            "spin_busy_10k_throttled",
+        ],
+        skip: args.skip_scale,
+        args: flags,
+    }
+}
+
+async fn python_mode(bench: &Bench, report: &mut Report, mode: PythonMode) -> anyhow::Result<()> {
     let mut figures = serde_json::Map::new();
-    if bench.args.skip_scrape {
-        report.line("scrape mode: skipped".into());
+    if mode.skip {
+        report.line(format!("{} mode: skipped", mode.name));
     } else {
-        eprintln!("scrape mode");
+        eprintln!("{} mode", mode.name);
         let project = bench.args.manifest.parent().unwrap_or(Path::new("."));
         let output = tokio::process::Command::new("python3")
-            .arg(project.join("tests/bench/scrape.py"))
+            .arg(project.join(mode.script))
             .arg("--driver")
             .arg(std::env::current_exe()?)
+            .args(&mode.args)
             .stderr(std::process::Stdio::inherit())
             .output()
             .await
-            .context("running tests/bench/scrape.py with python3")?;
-        anyhow::ensure!(output.status.success(), "the scrape mode failed");
+            .with_context(|| format!("running {} with python3", mode.script))?;
+        anyhow::ensure!(output.status.success(), "the {} mode failed", mode.name);
         let text = String::from_utf8(output.stdout)?;
         let mut lines: Vec<&str> = text.lines().collect();
         figures = serde_json::from_str(lines.pop().context("no figures")?)?;
@@ -633,8 +693,8 @@ async fn scrape_mode(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
             .into_iter()
             .for_each(|line| report.line(line.to_owned()));
     }
-    for key in SCRAPE_FIGURES {
-        report.set(key, figures.remove(key).unwrap_or(Value::Null));
+    for key in mode.figures {
+        report.set(key, figures.remove(*key).unwrap_or(Value::Null));
     }
     Ok(())
 }
@@ -729,7 +789,8 @@ async fn bench(mut args: Args, root: &Path) -> anyhow::Result<()> {
     } else {
         quota_mode(&mut bench, &mut report).await?;
     }
-    scrape_mode(&bench, &mut report).await?;
+    python_mode(&bench, &mut report, scrape(&bench.args)).await?;
+    python_mode(&bench, &mut report, scale(&bench.args)).await?;
 
     report.line(format!(
         "machine: {} cores, load average {load_at_start} at the start, {} at the end",
