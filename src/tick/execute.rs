@@ -4,6 +4,8 @@
 //! Each AWS call is retried in the standard mode within the tick's budget and every
 //! failed attempt is reported as it happens; the account itself ends in one [`Outcome`].
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
@@ -46,6 +48,14 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// A failure that passes by itself (throttling, a timeout, a server error): worth
+    /// another attempt later in the same tick.
+    pub fn passes_by_itself(&self) -> bool {
+        matches!(self, Outcome::Failed { error, .. } if error.is_retryable())
+    }
+}
+
 /// Why an account was stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stop {
@@ -81,8 +91,21 @@ pub struct Executor<'a, T, S, K> {
     /// its own quota.
     pub writers: &'a [&'a dyn SinkWriter],
     pub lease: &'a Lease<'a, K, S>,
+    /// Accounts whose attempt failed half-way in a way that passes by itself, by team
+    /// and account, for their second attempt to finish.
+    pub unfinished: RefCell<HashMap<(String, String), Unfinished>>,
     /// No account starts, and no attempt is retried, past this.
     pub deadline: Instant,
+}
+
+/// What an account's first attempt in a tick left to do: the credentials it was writing
+/// and the writes that landed. A second attempt finishes that set, so a secret already
+/// written gets no second version within seconds.
+pub struct Unfinished {
+    credentials: AssumedCredentials,
+    /// The sink and name of every secret written.
+    landed: Vec<(Sink, String)>,
+    created: usize,
 }
 
 impl<T: Transport, S: TimeSource, K: KeyValue> Executor<'_, T, S, K> {
@@ -100,30 +123,56 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Executor<'_, T, S, K> {
         if self.client.credentials_failure().is_some() {
             return stopped(Stop::Rotator);
         }
-        let credentials = match self.assume_role(job).await {
-            Ok(credentials) => credentials,
-            Err(error) => {
-                return self.stopped(&error, false).unwrap_or(Outcome::Failed {
-                    stage: Stage::AssumeRole,
-                    error,
-                    wrote_some: false,
-                    complete: Vec::new(),
-                })
-            }
+        let key = (job.team.clone(), job.account.name.clone());
+        let resumed = self.unfinished.borrow_mut().remove(&key);
+        let unfinished = match resumed {
+            Some(unfinished) => unfinished,
+            None => match self.assume_role(job).await {
+                Ok(credentials) => Unfinished {
+                    credentials,
+                    landed: Vec::new(),
+                    created: 0,
+                },
+                Err(error) => {
+                    return self.stopped(&error, false).unwrap_or(Outcome::Failed {
+                        stage: Stage::AssumeRole,
+                        error,
+                        wrote_some: false,
+                        complete: Vec::new(),
+                    })
+                }
+            },
         };
-        match self.write_all(job, &credentials).await {
+        let Unfinished {
+            credentials,
+            landed,
+            created,
+        } = unfinished;
+        match self.write_all(job, &credentials, &landed).await {
             Ok(secrets_created) => Outcome::Rotated {
                 expiration: credentials.expiration,
-                secrets_created,
+                secrets_created: created + secrets_created,
             },
-            Err(failure) => self
-                .stopped(&failure.error, true)
-                .unwrap_or(Outcome::Failed {
+            Err(failure) => {
+                if let Some(stopped) = self.stopped(&failure.error, true) {
+                    return stopped;
+                }
+                let wrote_some = !failure.landed.is_empty();
+                if failure.error.is_retryable() {
+                    let unfinished = Unfinished {
+                        credentials,
+                        landed: failure.landed,
+                        created: created + failure.created,
+                    };
+                    self.unfinished.borrow_mut().insert(key, unfinished);
+                }
+                Outcome::Failed {
                     stage: Stage::WriteSecrets,
                     error: failure.error,
-                    wrote_some: failure.wrote_some,
+                    wrote_some,
                     complete: failure.complete,
-                }),
+                }
+            }
         }
     }
 
@@ -182,13 +231,14 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Executor<'_, T, S, K> {
         .await
     }
 
-    /// Writes every secret of the account's format into every sink, concurrently. On
-    /// failure the error names every secret that was not written, so a partial write is
-    /// visible in the log.
+    /// Writes every secret of the account's format into every sink, concurrently, but
+    /// those `landed` before. On failure the error names every secret that was not
+    /// written, so a partial write is visible in the log.
     async fn write_all(
         &self,
         job: &Job,
         credentials: &AssumedCredentials,
+        landed: &[(Sink, String)],
     ) -> Result<usize, WriteFailure> {
         let set = secret_set(&job.path, self.rules.secret_format);
         let requests: Vec<WriteRequest<'_>> = set
@@ -205,6 +255,9 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Executor<'_, T, S, K> {
             .writers
             .iter()
             .flat_map(|writer| requests.iter().map(move |request| (*writer, request)))
+            .filter(|(writer, request)| {
+                !landed.contains(&(writer.sink(), request.secret.name.clone()))
+            })
             .collect();
         let writes = targets
             .iter()
@@ -213,7 +266,11 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Executor<'_, T, S, K> {
         let mut created = 0;
         let mut not_written = Vec::new();
         let mut first_error = None;
+        let mut landed = landed.to_vec();
         for ((writer, request), result) in targets.iter().zip(results) {
+            if result.is_ok() {
+                landed.push((writer.sink(), request.secret.name.clone()));
+            }
             match result {
                 Ok(Written::Created) => created += 1,
                 Ok(Written::Updated) => {}
@@ -235,7 +292,8 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Executor<'_, T, S, K> {
             .collect();
         Err(WriteFailure {
             error: error.annotated(&format!(" [not written: {}]", names.join(", "))),
-            wrote_some: not_written.len() < targets.len(),
+            landed,
+            created,
             complete,
         })
     }
@@ -291,6 +349,8 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Executor<'_, T, S, K> {
 /// An account's writes that did not all land.
 struct WriteFailure {
     error: AwsError,
-    wrote_some: bool,
+    /// Every secret of the set written so far, in this attempt or before.
+    landed: Vec<(Sink, String)>,
+    created: usize,
     complete: Vec<Sink>,
 }

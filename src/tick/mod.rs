@@ -131,6 +131,13 @@ pub struct Engine<'a, T, S, K> {
     pub vault: Option<&'a VaultClient<'a, T, S>>,
 }
 
+/// What a tick's accounts have come to so far, and when it was last stored.
+struct Progress<'a> {
+    record: &'a mut Record,
+    summary: &'a mut TickSummary,
+    flushed: Instant,
+}
+
 impl<T: Transport, S: TimeSource, K: KeyValue> Engine<'_, T, S, K> {
     /// Runs one tick, unless another holds the lease.
     pub async fn run_tick(&self) -> anyhow::Result<TickSummary> {
@@ -280,7 +287,11 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Engine<'_, T, S, K> {
     }
 
     /// Runs the jobs, most urgent first, `max_concurrency` at a time, recording each
-    /// outcome as it comes and storing them every [`FLUSH_INTERVAL`].
+    /// outcome as it comes and storing them every [`FLUSH_INTERVAL`]. An account whose
+    /// attempt failed in a way that passes by itself (throttling, a timeout, a 5xx, after
+    /// the standard mode's retries) is tried once more after the others, within the
+    /// budget: waiting for the next tick would cost it a whole schedule period of its
+    /// credentials' margin.
     async fn execute(
         &self,
         jobs: Vec<Job>,
@@ -320,32 +331,73 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Engine<'_, T, S, K> {
             sink: self.sink,
             writers: &writers,
             lease,
+            unfinished: Default::default(),
             deadline,
         };
-        let executor = &executor;
+        let mut progress = Progress {
+            record,
+            summary,
+            flushed: self.clock.instant(),
+        };
+        let first = jobs.into_iter().map(|job| (job, None)).collect();
+        let again = self.round(&executor, first, &mut progress).await;
+        let again = again.into_iter().map(|(job, failed)| (job, Some(failed)));
+        self.round(&executor, again.collect(), &mut progress).await;
+    }
+
+    /// One pass over `jobs`, each with its first attempt's failure when this is its
+    /// second. Returns the jobs of a first pass whose failure passes by itself, unrecorded,
+    /// for a second; a second attempt stopped before it could tell (the budget, the lease)
+    /// is recorded as the first failure, which says what was written.
+    async fn round(
+        &self,
+        executor: &Executor<'_, T, S, K>,
+        jobs: Vec<(Job, Option<Outcome>)>,
+        progress: &mut Progress<'_>,
+    ) -> Vec<(Job, Outcome)> {
         let mut outcomes = stream::iter(jobs)
-            .map(|job| async move {
+            .map(|(job, first)| async move {
                 let outcome = executor.run(&job).await;
-                (job, outcome)
+                (job, first, outcome)
             })
             .buffer_unordered(self.rules.max_concurrency.max(1));
-        let mut flushed = self.clock.instant();
-        while let Some((job, outcome)) = outcomes.next().await {
+        let mut again = Vec::new();
+        while let Some((job, first, outcome)) = outcomes.next().await {
             if let Outcome::Stopped {
                 why: Stop::LeaseLost(lost),
                 ..
             } = &outcome
             {
-                self.lost(summary, lost);
+                self.lost(progress.summary, lost);
             }
-            let fraction = self.clock.random_fraction();
-            let event = record.apply(&job, outcome, self.clock.now(), self.rules, fraction);
-            self.report(summary, event);
-            // A failed flush keeps the changes for the next one; the last one reports.
-            if self.clock.instant().since(flushed) >= FLUSH_INTERVAL {
-                let _ = self.flush(lease, record).await;
-                flushed = self.clock.instant();
-            }
+            let outcome = match first {
+                None if outcome.passes_by_itself() => {
+                    again.push((job, outcome));
+                    continue;
+                }
+                Some(first) if matches!(outcome, Outcome::Stopped { .. }) => first,
+                _ => outcome,
+            };
+            self.record(&job, outcome, executor.lease, progress).await;
+        }
+        again
+    }
+
+    /// Records one account's outcome, and stores what changed every [`FLUSH_INTERVAL`].
+    async fn record(
+        &self,
+        job: &Job,
+        outcome: Outcome,
+        lease: &Lease<'_, K, S>,
+        progress: &mut Progress<'_>,
+    ) {
+        let fraction = self.clock.random_fraction();
+        let event = (progress.record).apply(job, outcome, self.clock.now(), self.rules, fraction);
+        self.report(progress.summary, event);
+        // A failed flush keeps the changes for the next one; the last one reports.
+        if self.clock.instant().since(progress.flushed) >= FLUSH_INTERVAL {
+            let _ = self.flush(lease, progress.record).await;
+            progress.flushed = self.clock.instant();
         }
     }
 

@@ -135,7 +135,11 @@ fn transient_failures_are_retried_with_one_line_per_attempt() {
         &MemoryStore::default().with("team/alpha", &team("alpha", &[("dev", "ci")])),
     );
     assert_eq!(summary.failed, ["alpha/dev (Throttling)"]);
-    assert_eq!(stubborn.count_calls("AssumeRole"), 3, "bounded attempts");
+    assert_eq!(
+        stubborn.count_calls("AssumeRole"),
+        6,
+        "bounded attempts: three, and three more after the other accounts"
+    );
     let last = events
         .iter()
         .rev()
@@ -422,8 +426,8 @@ fn a_transiently_half_written_set_is_repaired_at_the_next_tick() {
     let aws = FakeAws::default();
     let store = MemoryStore::default().with("team/beta", &team("beta", &[("lab", "ci")]));
     let token = "/concourse/beta/lab-session-token".to_owned();
-    // Six server errors: three attempts in each of the first two ticks.
-    aws.flaky.borrow_mut().insert(token.clone(), 6);
+    // Twelve server errors: two passes of three attempts in each of the first two ticks.
+    aws.flaky.borrow_mut().insert(token.clone(), 12);
     tick(&aws, &store);
     let lab = state(&store, "beta").accounts["lab"].clone();
     assert!(lab.incomplete && lab.next_attempt.is_none(), "{lab:?}");
@@ -466,4 +470,91 @@ fn an_unreadable_answer_to_a_write_is_retried_with_its_token() {
     assert_eq!(aws.count_calls(&format!("CreateSecret {name}")), 2);
     assert_eq!(aws.count_calls(&format!("PutSecretValue {name}")), 1);
     aws.consistent_triple("/concourse/alpha/dev");
+}
+
+/// An account whose attempt failed in a way that passes by itself is tried again after
+/// the tick's other accounts, not a schedule period later: one failure of the standard
+/// mode's three attempts costs seconds of the credentials' margin, not five minutes.
+#[test]
+fn a_transient_failure_is_tried_again_within_the_tick() {
+    let aws = FakeAws::default();
+    // Three throttled answers: the whole first attempt of `dev`, none of the second.
+    aws.flaky.borrow_mut().insert(role("ci"), 3);
+    let store = MemoryStore::default().with(
+        "team/alpha",
+        &team("alpha", &[("dev", "ci"), ("prod", "other")]),
+    );
+    let (summary, events) = tick_with(&aws, &store, &rules(1));
+    assert_eq!(
+        (summary.rotated, summary.failed.len()),
+        (2, 0),
+        "{summary:?}"
+    );
+    assert_eq!(aws.count_calls(&format!("AssumeRole {}", role("ci"))), 4);
+    let order: Vec<_> = (events.iter())
+        .filter_map(|e| match e {
+            Event::AccountRotated { account, .. } => Some(account.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, ["prod", "dev"], "tried again after the others");
+    let dev = &state(&store, "alpha").accounts["dev"];
+    assert_eq!((dev.consecutive_failures, dev.incomplete), (0, false));
+    aws.consistent_triple("/concourse/alpha/dev");
+}
+
+/// A second attempt that the budget stops before it starts leaves the first attempt's
+/// failure recorded, with what it wrote: a half-written set stays marked for repair.
+#[test]
+fn a_second_attempt_past_the_budget_keeps_the_first_failure() {
+    let aws = FakeAws {
+        latency: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let token = "/concourse/beta/lab-session-token".to_owned();
+    aws.flaky.borrow_mut().insert(token, 3);
+    let store = MemoryStore::default().with("team/beta", &team("beta", &[("lab", "ci")]));
+    let tight = RotationRules {
+        tick_budget: Duration::from_secs(60),
+        ..rules(8)
+    };
+    let (summary, _) = tick_with(&aws, &store, &tight);
+    assert_eq!(summary.failed, ["beta/lab (InternalServiceError)"]);
+    assert_eq!(summary.deferred, 0);
+    let lab = &state(&store, "beta").accounts["lab"];
+    assert!(lab.incomplete && lab.consecutive_failures == 1, "{lab:?}");
+    assert_eq!(aws.count_calls("AssumeRole"), 1, "no second attempt");
+}
+
+/// The second attempt of a half-written set finishes it with the same credentials: the
+/// secrets that landed get no second version, and the set is consistent.
+#[test]
+fn a_second_attempt_finishes_the_half_written_set_with_the_same_credentials() {
+    let aws = FakeAws::default();
+    let token = "/concourse/alpha/dev-session-token";
+    aws.flaky.borrow_mut().insert(token.into(), 3);
+    let store = MemoryStore::default().with("team/alpha", &team("alpha", &[("dev", "ci")]));
+    let (summary, _) = tick(&aws, &store);
+    assert_eq!(
+        (summary.rotated, summary.failed.len()),
+        (1, 0),
+        "{summary:?}"
+    );
+    assert_eq!(
+        aws.count_calls("AssumeRole"),
+        1,
+        "one session for the whole set"
+    );
+    for secret in ["access-key", "secret-key"] {
+        let name = format!("/concourse/alpha/dev-{secret}");
+        assert_eq!(
+            aws.count_calls(&format!("CreateSecret {name}")),
+            1,
+            "{name}"
+        );
+    }
+    assert_eq!(aws.count_calls(&format!("CreateSecret {token}")), 4);
+    aws.consistent_triple("/concourse/alpha/dev");
+    let dev = &state(&store, "alpha").accounts["dev"];
+    assert_eq!((dev.consecutive_failures, dev.incomplete), (0, false));
 }
