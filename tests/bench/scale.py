@@ -188,8 +188,11 @@ def busy_mode(spin, work, teams, accounts, driver):
             run = node.run(chosen)
             finished = run.of("tick_finished")[-1]
             ticks.append(finished)
-            rotated += finished["rotated"]
-            if finished["rotated"] == 0:
+            # First rotations only: from the second tick on, the first credentials of
+            # the accounts written early come due too (spread from ten minutes on).
+            first = [e for e in run.of("account_rotated") if e["reason"] == "never_written"]
+            rotated += len(first)
+            if not first:
                 break
         throttled = fake_stats(port)["throttled"]
     finally:
