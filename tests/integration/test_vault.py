@@ -188,14 +188,17 @@ def test_kv2_first_rotation_and_overwrite_beside_secrets_manager(aws, vault):
     before = {key: digest(vault.triple(*key)) for key in ROTATED}
     second = aws.run(variables, later_s=40 * MINUTES)
     assert second.returncode == 0, second.output
-    assert second.rotated() == {("alpha", "dev"), ("beta", "lab")}
+    # The hour-long credentials are due; prod's two-hour ones only if their first due
+    # time, drawn from ten minutes to 90 on (spreading a registration), has come.
+    rotated = second.rotated()
+    assert {("alpha", "dev"), ("beta", "lab")} <= rotated
     assert {e["secrets_created"] for e in second.of("account_rotated")} == {0}
     assert_readable(vault, split=True, json_format=True)
     for key in ROTATED:
         changed = digest(vault.triple(*key)) != before[key]
-        assert changed == (key != ("alpha", "prod")), key
+        assert changed == (key in rotated), key
     assert vault.metadata("alpha/dev-access-key")["current_version"] == 2
-    assert vault.metadata("alpha/prod-access-key")["current_version"] == 1
+    assert vault.metadata("alpha/prod-access-key")["current_version"] == 1 + (("alpha", "prod") in rotated)
 
 
 @pytest.mark.component_logic
