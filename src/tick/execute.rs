@@ -54,6 +54,17 @@ impl Outcome {
     pub fn passes_by_itself(&self) -> bool {
         matches!(self, Outcome::Failed { error, .. } if error.is_retryable())
     }
+
+    /// Stopped before this attempt wrote anything: it tells nothing of the account.
+    pub fn stopped_before_writing(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Stopped {
+                writing_started: false,
+                ..
+            }
+        )
+    }
 }
 
 /// Why an account was stopped.

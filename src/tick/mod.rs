@@ -347,8 +347,9 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Engine<'_, T, S, K> {
 
     /// One pass over `jobs`, each with its first attempt's failure when this is its
     /// second. Returns the jobs of a first pass whose failure passes by itself, unrecorded,
-    /// for a second; a second attempt stopped before it could tell (the budget, the lease)
-    /// is recorded as the first failure, which says what was written.
+    /// for a second; a second attempt stopped before it wrote anything (the budget, the
+    /// lease, the rotator's credentials) is recorded as the first failure, which says what
+    /// was written.
     async fn round(
         &self,
         executor: &Executor<'_, T, S, K>,
@@ -375,7 +376,7 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Engine<'_, T, S, K> {
                     again.push((job, outcome));
                     continue;
                 }
-                Some(first) if matches!(outcome, Outcome::Stopped { .. }) => first,
+                Some(first) if outcome.stopped_before_writing() => first,
                 _ => outcome,
             };
             self.record(&job, outcome, executor.lease, progress).await;
