@@ -74,6 +74,8 @@ class Chaos:
     upgrades: list = field(default_factory=list)
     # (from, to) of every stop of a node (a kill, a freeze, a restart) and of Redis.
     outages: list = field(default_factory=list)
+    # (node, from, to) of every freeze.
+    freezes: list = field(default_factory=list)
 
     def outage(self, act):
         """Runs `act` (which stops something and starts it again) and notes when."""
@@ -194,6 +196,7 @@ class Chaos:
         self.idle(frozen_for, pending=False)
         node.thaw()
         self.outages.append((frozen_at, time.time()))
+        self.freezes.append((node.name, frozen_at, time.time()))
         self.log(f"{node.name}: thawed (SIGCONT)")
         self.idle(AFTER_THAW_S, pending=False)
 

@@ -51,13 +51,14 @@ def reader_figures(watches, lag_max, registered, started, ended, outages):
     return figures, notes
 
 
-def event_figures(events, upgrades):
-    """From every node's event lines (each with `node`, `skew` and `seen`)."""
+def event_figures(events, upgrades, freezes=()):
+    """From every node's event lines (each with `node`, `skew` and `seen`), and the
+    (node, from, to) of every freeze."""
 
     def count(kind, **fields):
         return sum(1 for e in events if e["event"] == kind and all(e.get(k) == v for k, v in fields.items()))
 
-    concurrent = concurrent_rotations(events)
+    concurrent = concurrent_rotations(events, freezes)
     upgraded_at = min((u["at"] for u in upgrades), default=None)
     newer = [e for e in events if upgraded_at is not None and e["seen"] >= upgraded_at and newer_document_failure(e)]
     figures = {
@@ -76,25 +77,37 @@ def event_figures(events, upgrades):
     return figures, notes
 
 
-def concurrent_rotations(events):
+def concurrent_rotations(events, freezes=()):
     """(team, account, tick, other tick, their nodes) for each account that two ticks
     both rotated while both ran: each tick runs from its first line to its last, as the
     soak read them (a frozen tick runs on through its freeze; a killed one ends at its
-    last line). The lease exists to make this impossible."""
+    last line). The lease exists to make this impossible.
+
+    One pair is the design, not a second holder: a tick that rotated the account, was
+    then frozen (`freezes`: node, from, to) before it stored that, and lost its lease; the
+    next holder finds the account still marked and repairs it (reason `incomplete`)."""
     spans, rotated = {}, {}
     for e in events:
         first, last, node = spans.get(e["tick"], (e["seen"], e["seen"], e["node"]))
         spans[e["tick"]] = (min(first, e["seen"]), max(last, e["seen"]), node)
         if e["event"] == "account_rotated":
-            rotated.setdefault((e["team"], e["account"]), []).append(e["tick"])
+            rotated.setdefault((e["team"], e["account"]), []).append(e)
     found = []
-    for (team, account), ticks in sorted(rotated.items()):
-        for i, a in enumerate(ticks):
-            for b in ticks[i + 1 :]:
-                (a_first, a_last, a_node), (b_first, b_last, b_node) = spans[a], spans[b]
-                if a != b and a_first <= b_last and b_first <= a_last:
-                    found.append((team, account, a, b, (a_node, b_node)))
+    for (team, account), lines in sorted(rotated.items()):
+        for i, a in enumerate(lines):
+            for b in lines[i + 1 :]:
+                (a_first, a_last, a_node), (b_first, b_last, b_node) = spans[a["tick"]], spans[b["tick"]]
+                overlap = a["tick"] != b["tick"] and a_first <= b_last and b_first <= a_last
+                if overlap and not repaired_after_freeze(a, b, a_node, freezes):
+                    found.append((team, account, a["tick"], b["tick"], (a_node, b_node)))
     return found
+
+
+def repaired_after_freeze(earlier, later, node, freezes):
+    """Whether `later` repairs what `earlier` (a rotation on `node`) landed just before its
+    node was frozen: a freeze of that node began between the two, and `later` is a repair."""
+    frozen = any(name == node and earlier["seen"] - 1 <= begun <= later["seen"] for name, begun, _ in freezes)
+    return frozen and later.get("reason") == "incomplete"
 
 
 def newer_document_failure(event):

@@ -230,7 +230,7 @@ class Soak:
             reader_figures(
                 reader.watches, reader.lag_max, self.registrar.registered, self.started, self.ended, self.chaos.outages
             ),
-            event_figures(events, self.chaos.upgrades),
+            event_figures(events, self.chaos.upgrades, self.chaos.freezes),
             self.aws_figures(events),
         ]
         for part, notes in parts:

@@ -113,6 +113,25 @@ def test_two_ticks_rotating_one_account_while_both_run_are_concurrent_rotations(
     assert concurrent_rotations(events) == [("alpha", "prod", "d", "c", ("node-d", "node-c"))]
 
 
+def test_a_repair_of_what_a_frozen_tick_landed_but_never_stored_is_not_concurrent():
+    def line(tick, seen, event="tick_started", reason=None):
+        return {"tick": tick, "seen": seen, "event": event, "node": f"node-{tick}", "team": "alpha", "account": "dev", "reason": reason}
+
+    # a rotates dev at 2 and is frozen at 3, before storing it; b takes over at 40 and
+    # repairs dev at 42 (its mark still says incomplete); a thaws at 45 and writes no more.
+    events = [
+        line("a", 0), line("a", 2, "account_rotated", "expires_soon"),
+        line("b", 40), line("b", 42, "account_rotated", "incomplete"), line("b", 43, "tick_finished"),
+        line("a", 46, "lease_lost"), line("a", 46, "tick_finished"),
+    ]
+    assert concurrent_rotations(events, freezes=[("node-a", 3, 45)]) == []
+    # Without the freeze (a second holder while a ran), or had b rotated it for another
+    # reason, it is a concurrent rotation.
+    assert concurrent_rotations(events) == [("alpha", "dev", "a", "b", ("node-a", "node-b"))]
+    events[3]["reason"] = "expires_soon"
+    assert len(concurrent_rotations(events, freezes=[("node-a", 3, 45)])) == 1
+
+
 def test_mixed_windows_that_begin_at_an_outage_are_told_apart():
     watch = AccountWatch(ACCOUNT)
     # Began at a kill; open when a node restarted; before and after any stop.
