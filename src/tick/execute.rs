@@ -267,7 +267,8 @@ impl<T: Transport, S: TimeSource, K: KeyValue> Executor<'_, T, S, K> {
             .iter()
             .flat_map(|writer| requests.iter().map(move |request| (*writer, request)))
             .filter(|(writer, request)| {
-                !landed.contains(&(writer.sink(), request.secret.name.clone()))
+                let sink = writer.sink();
+                !(landed.iter()).any(|(s, name)| *s == sink && *name == request.secret.name)
             })
             .collect();
         let writes = targets
